@@ -1,0 +1,157 @@
+"""`kakugo` command line: run | languages | models | config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from kakugo.config import ConfigError, RunConfig, load_config
+from kakugo.languages import (
+    EVAL_SETS,
+    LanguageError,
+    coverage,
+    eval_data_dir,
+    paper54,
+    parse_language_list,
+    resolve,
+)
+from kakugo.models import EMBEDDED, ModelError, build_embedded
+from kakugo.run import RunConflictError, distill_batch
+from kakugo.storage import StorageError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (default: built-in defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set training.learning_rate=2e-5 (repeatable)",
+    )
+
+
+def _config_from(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "languages", None):
+        overrides.append(f"languages={json.dumps(parse_language_list(args.languages))}")
+    if getattr(args, "output", None):
+        overrides.append(f"output={json.dumps(args.output)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_languages(args: argparse.Namespace) -> int:
+    data_dir = eval_data_dir(args.data_dir)
+    items = [i for item in args.items for i in parse_language_list(item)]
+    if items:
+        results = []
+        failed = False
+        for item in items:
+            try:
+                results.append((item, resolve(item, data_dir)))
+            except LanguageError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed = True
+        if failed:
+            return EXIT_BAD_INPUT
+    else:
+        results = [(lang.iso639_3, lang) for lang in paper54(data_dir)]
+    rows = []
+    for item, lang in results:
+        cov = coverage(lang, data_dir)
+        rows.append({"input": item, "flores_code": lang.flores_code, "iso639_3": lang.iso639_3,
+                     "script": lang.script, "name": lang.name, **cov})
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    mark = {True: "yes", False: "-", None: "?"}
+    header = ["input", "flores_code", "iso639_3", "name", *EVAL_SETS]
+    table = [header] + [
+        [r["input"], r["flores_code"], r["iso639_3"], r["name"], *(mark[r[s]] for s in EVAL_SETS)]
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if not data_dir:
+        print("(FLORES/SIB-200 coverage from the hub lists; set KAKUGO_DATA_DIR for local data)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for name in args.names or list(EMBEDDED):
+        print(f"embedded:{name} -> {build_embedded(name)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    if args.schema:
+        print(json.dumps(RunConfig.model_json_schema(), indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return distill_batch(_config_from(args), restart=args.restart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kakugo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the whole pipeline for a batch of languages")
+    _add_config_args(p)
+    p.add_argument("--languages", help="comma-separated names/codes, or @FILE")
+    p.add_argument("--output", help="output root: local path or s3://bucket/prefix")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in an output root written by another config")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("languages", help="resolve languages and show evaluation coverage")
+    p.add_argument("items", nargs="*", help="names or codes (default: the paper's 54)")
+    p.add_argument("--data-dir", help="local evaluation data (default: $KAKUGO_DATA_DIR)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_languages)
+
+    p = sub.add_parser("models", help="build the embedded default models into the cache")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(EMBEDDED)}")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="print the resolved config (or its JSON schema)")
+    _add_config_args(p)
+    p.add_argument("--schema", action="store_true")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, LanguageError, ModelError, RunConflictError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

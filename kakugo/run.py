@@ -1,0 +1,75 @@
+"""Batch orchestration: one run = one config + a batch of languages under one output root.
+
+The CLI (`kakugo run`) and the job script (jobs/distill.py) both call `distill_batch`.
+Stages meet only through storage (parquet + manifests); this module decides their order
+and what is already done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict
+
+from kakugo.config import RunConfig
+from kakugo.languages import Language, eval_data_dir, resolve_many
+from kakugo.models import ModelSource
+from kakugo.storage import Storage
+
+log = logging.getLogger("kakugo.run")
+
+RUN_MANIFEST = "run.json"
+# In pipeline order; a stage is listed here once it is implemented.
+STAGES: tuple[str, ...] = ()
+PLANNED_STAGES = ("generate", "translate", "assemble", "train", "serve", "evaluate", "report")
+
+
+class RunConflictError(RuntimeError):
+    """The output root holds a run made with a different configuration."""
+
+
+def resolve_languages(config: RunConfig) -> list[Language]:
+    return resolve_many(config.languages, eval_data_dir(config.evaluation.data_dir))
+
+
+def open_run(config: RunConfig, languages: list[Language], *, restart: bool = False) -> Storage:
+    """Check the output root and record the run; refuse to mix outputs of another config."""
+    storage = Storage(config.output)
+    storage.check_writable()
+    digest = config.digest()
+    previous = storage.read_json(RUN_MANIFEST, default=None)
+    if previous is not None and previous.get("config_hash") != digest and not restart:
+        raise RunConflictError(
+            f"{storage.uri(RUN_MANIFEST)} was written by a different configuration "
+            f"(hash {previous.get('config_hash')}, now {digest}); use a new output root, "
+            "or pass --restart to start over there"
+        )
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    storage.write_json(
+        RUN_MANIFEST,
+        {
+            "name": config.name,
+            "config_hash": digest,
+            "config": config.model_dump(mode="json"),
+            "languages": [asdict(lang) for lang in languages],
+            "created": (previous or {}).get("created", now) if not restart else now,
+            "updated": now,
+        },
+    )
+    return storage
+
+
+def distill_batch(config: RunConfig, *, restart: bool = False) -> int:
+    """Run every implemented stage for every language of the batch; returns an exit code."""
+    languages = resolve_languages(config)
+    storage = open_run(config, languages, restart=restart)
+    log.info("run %s: %d language(s) -> %s", config.name, len(languages), storage.root)
+    for lang in languages:
+        log.info("  %s", lang)
+    for role, spec in (("teacher", config.teacher.model), ("student", config.student.model)):
+        path = ModelSource.parse(spec).materialize()
+        log.info("%s model ready: %s", role, path)
+    missing = [s for s in PLANNED_STAGES if s not in STAGES]
+    if missing:
+        log.warning("stages not implemented yet (skipped): %s", ", ".join(missing))
+    return 0

