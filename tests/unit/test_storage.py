@@ -1,0 +1,80 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from kakugo.storage import Storage, StorageError
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return Storage(str(tmp_path / "out"))
+    return Storage(request.getfixturevalue("s3_bucket") + "/runs/a")
+
+
+def test_json_roundtrip_and_listing(storage):
+    storage.check_writable()
+    storage.write_json("gla_Latn/topics/_manifest.json", {"rows_out": 3, "name": "Gàidhlig"})
+    assert storage.read_json("gla_Latn/topics/_manifest.json") == {"rows_out": 3,
+                                                                  "name": "Gàidhlig"}
+    assert storage.exists("gla_Latn/topics/_manifest.json")
+    assert not storage.exists("gla_Latn/topics/other.json")
+    assert storage.read_json("nope.json", default=None) is None
+    assert storage.list("gla_Latn", recursive=True) == ["gla_Latn/topics/_manifest.json"]
+    assert storage.list("missing") == []
+    storage.delete("gla_Latn/topics/_manifest.json")
+    assert not storage.exists("gla_Latn/topics/_manifest.json")
+
+
+def test_parquet_roundtrip(storage):
+    table = pa.table({"id": ["a", "b"], "tokens": [1, 2]})
+    storage.write_parquet("x/part-0.parquet", table)
+    assert storage.read_parquet("x/part-0.parquet").equals(table)
+
+
+def test_overwrite_is_whole_and_leaves_no_temp_files(storage):
+    storage.write_json("m.json", {"v": 1})
+    storage.write_json("m.json", {"v": 2})
+    assert storage.read_json("m.json") == {"v": 2}
+    assert storage.list("") == ["m.json"]
+
+
+def test_missing_file_error_names_the_uri(storage):
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.read_json("absent.json")
+
+
+def test_dir_upload_and_download(storage, tmp_path):
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    storage.upload_dir(src, "models/m")
+    dst = tmp_path / "copy"
+    storage.download_dir("models/m", dst)
+    assert (dst / "config.json").read_text() == "{}"
+    assert (dst / "sub" / "w.bin").read_bytes() == b"\x00\x01"
+
+
+def test_missing_bucket_is_a_clear_error(s3_server):
+    with pytest.raises(StorageError, match="S3 bucket 'no-such-bucket' does not exist"):
+        Storage("s3://no-such-bucket/runs").check_writable()
+
+
+def test_unwritable_local_root(tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")  # a file where a folder should be: not writable even for root
+        root = blocker / "out"
+    else:
+        root = tmp_path / "ro"
+        root.mkdir()
+        root.chmod(0o500)
+    with pytest.raises(StorageError, match="is not writable"):
+        Storage(str(root)).check_writable()
+
+
+def test_unsupported_scheme():
+    with pytest.raises(StorageError, match="only local paths and s3://"):
+        Storage("gs://bucket/x")
