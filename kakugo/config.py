@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which field and why."""
 

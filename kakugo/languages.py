@@ -81,7 +81,7 @@ def sib200_codes(data_dir: Path | None = None) -> frozenset[str] | None:
         from datasets import get_dataset_config_names
 
         return frozenset(get_dataset_config_names("Davlan/sib200"))
-    except Exception:  # offline, or the hub refused: coverage unknown, not "no"
+    except Exception:  # noqa: BLE001 - offline or refused: coverage unknown, not "no"
         return None
 
 
@@ -151,10 +151,7 @@ def _normalize(name: str) -> str:
 
 
 def _names_of(lang: str) -> set[str]:
-    try:
-        return {_normalize(n) for n in ld_names.code_to_names(lang).values()}
-    except Exception:
-        return set()
+    return {_normalize(n) for n in ld_names.code_to_names(lang).values()}
 
 
 def _lookup_name(text: str) -> str:
@@ -272,7 +269,7 @@ def resolve_many(items: list[str], data_dir: Path | None = None) -> list[Languag
 
 def parse_language_list(value: str) -> list[str]:
     """`--languages` value: comma-separated names/codes, or @file / a path to a file of them."""
-    path = Path(value[1:] if value.startswith("@") else value)
+    path = Path(value.removeprefix("@"))
     if value.startswith("@") or (path.suffix in {".txt", ".yaml", ".yml"} and path.is_file()):
         if not path.is_file():
             raise LanguageError(f"language list file {path} does not exist")

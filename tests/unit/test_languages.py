@@ -43,8 +43,8 @@ def test_resolved_fields(data_dir):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("Kurdish", "ambiguous language 'Kurdish': it could be Central Kurdish (ckb_Arab), "
-                    "Northern Kurdish (kmr_Latn)"),
+        ("Kurdish", ("ambiguous language 'Kurdish': it could be Central Kurdish (ckb_Arab), "
+                    "Northern Kurdish (kmr_Latn)")),
         ("Arabic", "Standard Arabic (arb_Arab)"),
         ("Gaelic", "no language has exactly that name; closest match: Scottish Gaelic"),
         ("Klingonx", "unknown language 'Klingonx'"),
