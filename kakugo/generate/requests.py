@@ -1,0 +1,174 @@
+"""Teacher requests for each generation step, as flat rows (pure Python, no Ray).
+
+A request row carries everything an engine pass needs and everything the next step needs:
+  id, language (FLORES code), language_name, category (topic | scenario | context),
+  step, parent_id, seed, specific, item (the text this row is about), n (items expected
+  from a list call; 0 for free text), system, user.
+Ids are stable: derived from the language, the step and the parent's id and position, so
+a rerun produces the same ids and resume can skip what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from kakugo.config import RunConfig
+from kakugo.prompts import render
+
+Row = dict[str, Any]
+
+REVISIONS = (
+    "sounds more natural, the way a native speaker would really write it",
+    "adds some personal context about why the user is asking",
+    "asks for the answer in a specific format or length",
+    "is longer and more detailed",
+    "adds one or two related follow-up questions",
+)
+TASK_INSTRUCTIONS = {
+    "translate": "translate it (or a part of it) into another language",
+    "summarize": "summarize it",
+    "improve": "improve or rewrite it",
+    "classify": "classify it (its topic, tone or kind of text)",
+    "qa": "answer a specific question about its content",
+}
+
+
+def stable_id(*parts: object) -> str:
+    blob = "\x1f".join(str(p) for p in parts)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def fraction_of(key: str, salt: object) -> float:
+    """A deterministic number in [0, 1) for a row: used for sampling decisions."""
+    return int(stable_id("u", salt, key)[:12], 16) / 16**12
+
+
+def _row(*, language: str, language_name: str, category: str, step: str, parent_id: str,
+         position: int, item: str, seed: str, specific: bool, n: int, user: str,
+         system: str) -> Row:
+    return {
+        "id": stable_id(language, step, parent_id, position, item),
+        "language": language,
+        "language_name": language_name,
+        "category": category,
+        "step": step,
+        "parent_id": parent_id,
+        "seed": seed,
+        "specific": specific,
+        "item": item,
+        "n": n,
+        "system": system,
+        "user": user,
+    }
+
+
+def writer_system(language_name: str) -> str:
+    return render("writer_system", language=language_name)
+
+
+# --------------------------------------------------------------------------- level 1
+
+
+def seed_requests(language: str, language_name: str, config: RunConfig) -> list[Row]:
+    """Macro-topic requests for every seed, and the two broad-scenario requests."""
+    topics, scenarios = config.generation.topics, config.generation.scenarios
+    system = writer_system(language_name)
+    rows = []
+    seeds = [(s, False) for s in topics.general_seeds] + [
+        (s.format(language=language_name), True) for s in topics.language_seeds
+    ]
+    for position, (seed, specific) in enumerate(seeds):
+        if topics.macro_topics_per_seed:
+            rows.append(_row(
+                language=language, language_name=language_name, category="topic",
+                step="macro_topics", parent_id="", position=position, item=seed, seed=seed,
+                specific=specific, n=topics.macro_topics_per_seed, system=system,
+                user=render("macro_topics", n=topics.macro_topics_per_seed, seed=seed,
+                            specific=specific, language=language_name)))
+    if scenarios.broad_scenarios:
+        for position, specific in enumerate((False, True)):
+            seed = "scenarios for speakers" if specific else "scenarios"
+            rows.append(_row(
+                language=language, language_name=language_name, category="scenario",
+                step="broad_scenarios", parent_id="", position=position, item=seed, seed=seed,
+                specific=specific, n=scenarios.broad_scenarios, system=system,
+                user=render("broad_scenarios", n=scenarios.broad_scenarios, specific=specific,
+                            language=language_name)))
+    return rows
+
+
+def context_requests(language: str, language_name: str, texts: Iterable[str],
+                     config: RunConfig) -> Iterator[Row]:
+    """One request per context text; task types cycle with their weights (QA weighted)."""
+    ctx = config.generation.contexts
+    cycle = [task for task, weight in ctx.task_weights.items() for _ in range(weight)]
+    system = writer_system(language_name)
+    for position, text in enumerate(texts):
+        task = cycle[position % len(cycle)]
+        yield _row(
+            language=language, language_name=language_name, category="context",
+            step="context_prompts", parent_id="", position=position, item=text, seed=task,
+            specific=True, n=ctx.prompts_per_text, system=system,
+            user=render("context_prompts", n=ctx.prompts_per_text, context=text,
+                        task_instruction=TASK_INSTRUCTIONS[task], language=language_name))
+
+
+# --------------------------------------------------------------------------- levels 2 and 3
+
+
+def child_requests(parent: Row, items: list[str], config: RunConfig) -> Iterator[Row]:
+    """The requests that a finished list call leads to (one per returned item)."""
+    step = parent["step"]
+    topics, scenarios = config.generation.topics, config.generation.scenarios
+    name = parent["language_name"]
+    common = {"language": parent["language"], "language_name": name,
+              "category": parent["category"], "parent_id": parent["id"],
+              "seed": parent["seed"], "specific": parent["specific"], "system": parent["system"]}
+    for position, item in enumerate(items):
+        if step == "macro_topics" and topics.topics_per_macro_topic:
+            yield _row(**common, step="topics", position=position, item=item,
+                       n=topics.topics_per_macro_topic,
+                       user=render("topics", n=topics.topics_per_macro_topic, parent=item,
+                                   seed=parent["seed"], specific=parent["specific"],
+                                   language=name))
+        elif step in ("broad_scenarios", "detailed_scenarios") and scenarios.prompts_per_scenario:
+            yield _row(**common, step="scenario_prompts", position=position, item=item,
+                       n=scenarios.prompts_per_scenario,
+                       user=render("scenario_prompts", n=scenarios.prompts_per_scenario,
+                                   item=item, language=name))
+        if step == "broad_scenarios" and scenarios.detailed_per_broad:
+            yield _row(**common, step="detailed_scenarios", position=position, item=item,
+                       n=scenarios.detailed_per_broad,
+                       user=render("detailed_scenarios", n=scenarios.detailed_per_broad,
+                                   parent=item, specific=parent["specific"], language=name))
+
+
+def prompts_per_topic(item_id: str, config: RunConfig) -> int:
+    """1..3 prompts per topic item (paper), chosen deterministically from the item's id."""
+    t = config.generation.topics
+    span = t.max_prompts_per_topic - t.min_prompts_per_topic + 1
+    return t.min_prompts_per_topic + int(fraction_of(item_id, config.seed) * span)
+
+
+def topic_prompt_requests(items: list[Row], config: RunConfig) -> Iterator[Row]:
+    """Prompt requests over the de-duplicated union of one language's seeds, macros, topics.
+
+    `items` are rows with language, language_name, seed, specific, item, system and id.
+    """
+    seen: set[str] = set()
+    for row in items:
+        key = " ".join(row["item"].casefold().split())
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        n = prompts_per_topic(row["id"], config)
+        if n == 0:
+            continue
+        yield _row(language=row["language"], language_name=row["language_name"],
+                   category="topic", step="topic_prompts", parent_id=row["id"], position=0,
+                   item=row["item"], seed=row["seed"], specific=row["specific"], n=n,
+                   system=row["system"],
+                   user=render("topic_prompts", n=n, item=row["item"],
+                               language=row["language_name"]))
