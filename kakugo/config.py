@@ -51,6 +51,7 @@ class SamplingConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(2048, ge=1, description="new tokens for responses")
     list_max_tokens: int = Field(2048, ge=1, description="new tokens for JSON list calls")
+    list_item_max_chars: int = Field(2000, ge=8, description="longest string in a list reply")
     repetition_penalty: float = Field(1.0, gt=0)
 
 

@@ -26,14 +26,17 @@ def render(name: str, **variables: Any) -> str:
     return _environment().get_template(f"{name}.txt").render(**variables).strip()
 
 
-def list_schema(n: int) -> dict[str, Any]:
-    """JSON schema of the reply to a list call: {"items": [exactly n non-empty strings]}."""
+def list_schema(n: int, max_chars: int) -> dict[str, Any]:
+    """JSON schema of the reply to a list call: {"items": [exactly n non-empty strings]}.
+
+    `max_chars` bounds each string, so a small model cannot run one item on forever.
+    """
     return {
         "type": "object",
         "properties": {
             "items": {
                 "type": "array",
-                "items": {"type": "string", "minLength": 1},
+                "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
                 "minItems": n,
                 "maxItems": n,
             }

@@ -68,3 +68,16 @@ def test_embedded_teacher_answers_like_an_instruct_model():
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     text = tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_model_from_s3_prefix_is_downloaded_once_and_loads(s3_bucket, tmp_path, monkeypatch):
+    from kakugo.storage import Storage
+
+    Storage(f"{s3_bucket}/models").upload_dir(build_embedded("tiny-granite"), "tiny")
+    monkeypatch.setenv("KAKUGO_CACHE", str(tmp_path / "cache"))
+    source = ModelSource.parse(f"{s3_bucket}/models/tiny/")
+    local = source.materialize()
+    assert local.startswith(str(tmp_path / "cache"))
+    config = AutoConfig.from_pretrained(local)
+    assert config.model_type == "granitemoehybrid"
+    assert source.materialize() == local

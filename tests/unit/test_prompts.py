@@ -33,9 +33,10 @@ def test_missing_variable_is_an_error():
 
 
 def test_list_schema_is_count_exact():
-    schema = list_schema(4)
+    schema = list_schema(4, 300)
     items = schema["properties"]["items"]
     assert (items["minItems"], items["maxItems"]) == (4, 4)
+    assert items["items"]["maxLength"] == 300
     assert schema["additionalProperties"] is False
     json.dumps(schema)
 
@@ -54,3 +55,28 @@ def test_list_schema_is_count_exact():
 )
 def test_split_reasoning(text, mode, reasoning, expected):
     assert split_reasoning(text, mode, reasoning) == expected
+
+
+def _postprocess_row(**engine):
+    from kakugo.generate.engine_pass import REQUEST_COLUMNS
+
+    request = {c: "" for c in REQUEST_COLUMNS} | {"n": 2, "specific": False}
+    return request | engine
+
+
+def test_postprocess_parses_lists_and_infers_the_finish_reason():
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Postprocess
+
+    post = Postprocess(load_config(None, ["teacher.reasoning=think_tags",
+                                          "teacher.sampling.list_max_tokens=50"]))
+    ok = post(_postprocess_row(generated_text='<think>hm</think>{"items": ["a", " b "]}',
+                               num_input_tokens=7, num_generated_tokens=12))
+    assert (ok["items"], ok["reasoning"], ok["finish_reason"], ok["error"]) == (
+        ["a", "b"], "hm", "stop", "")
+    cut = post(_postprocess_row(generated_text='{"items": ["a", "b', num_generated_tokens=50))
+    assert (cut["finish_reason"], cut["items"]) == ("length", [])
+    failed = post(_postprocess_row(generated_text="", __inference_error__="engine died"))
+    assert (failed["finish_reason"], failed["error"]) == ("error", "engine died")
+    bad = post(_postprocess_row(generated_text="not json", num_generated_tokens=3))
+    assert bad["error"].startswith("unparsable list reply")

@@ -1,0 +1,112 @@
+"""One engine pass: a Ray Dataset of request rows through the teacher's vLLM engines.
+
+Every row of the pass (any language, any category, any call type) goes through the same
+engine replicas, built once with `ray.data.llm.build_processor`. List calls (n > 0) are
+constrained to the count-exact JSON schema, so every finished reply parses. Output rows
+keep every request column and add: text, reasoning, items, finish_reason, prompt_tokens,
+completion_tokens, error.
+
+Resume: the pass writes parquet files under its folder as blocks finish; a rerun reads
+the ids already written and sends only the missing rows to the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from kakugo.config import RunConfig
+from kakugo.generate.reasoning import split_reasoning
+from kakugo.prompts import list_schema
+from kakugo.storage import Storage
+from kakugo.teacher import processor_config
+
+log = logging.getLogger("kakugo.generate")
+
+OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens",
+                  "completion_tokens", "error")
+
+
+class Preprocess:
+    """Request row -> chat messages + per-row sampling params (list calls get the schema)."""
+
+    def __init__(self, config: RunConfig):
+        self.sampling = config.teacher.sampling
+        self.reasoning_effort = config.teacher.reasoning_effort
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        s = self.sampling
+        params: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p,
+                                  "repetition_penalty": s.repetition_penalty}
+        if row["n"] > 0:
+            params["max_tokens"] = s.list_max_tokens
+            schema = list_schema(int(row["n"]), s.list_item_max_chars)
+            params["structured_outputs"] = {"json": json.dumps(schema),
+                                            "disable_any_whitespace": True}
+        else:
+            params["max_tokens"] = s.max_tokens
+        messages = [{"role": "system", "content": row["system"]},
+                    {"role": "user", "content": row["user"]}]
+        return {**row, "messages": messages, "sampling_params": params}
+
+
+class Postprocess:
+    """Engine output -> our columns; list replies parsed, reasoning split, finish inferred."""
+
+    def __init__(self, config: RunConfig):
+        self.mode = config.teacher.reasoning
+        self.sampling = config.teacher.sampling
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        error = str(row.get("__inference_error__") or "")
+        text = row.get("generated_text") or ""
+        completion = int(row.get("num_generated_tokens") or 0)
+        limit = self.sampling.list_max_tokens if row["n"] > 0 else self.sampling.max_tokens
+        finish = "error" if error else ("length" if completion >= limit else "stop")
+        reasoning, answer = split_reasoning(text, self.mode, row.get("reasoning"))
+        items: list[str] = []
+        if row["n"] > 0 and finish == "stop":
+            try:
+                items = [str(i).strip() for i in json.loads(answer)["items"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                error = f"unparsable list reply: {exc}"
+        out = {k: row[k] for k in REQUEST_COLUMNS}
+        out.update(text=answer, reasoning=reasoning, items=items, finish_reason=finish,
+                   prompt_tokens=int(row.get("num_input_tokens") or 0),
+                   completion_tokens=completion, error=error)
+        return out
+
+
+REQUEST_COLUMNS = ("id", "language", "language_name", "category", "step", "parent_id", "seed",
+                   "specific", "item", "n", "system", "user")
+
+
+def done_ids(storage: Storage, folder: str) -> set[str]:
+    """Ids already written by earlier (possibly interrupted) runs of this pass."""
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for name in storage.list(folder):
+        if name.endswith(".parquet"):
+            table = pq.read_table(storage.path(name), columns=["id"], filesystem=storage.fs)
+            ids.update(table.column("id").to_pylist())
+    return ids
+
+
+def run_pass(requests, config: RunConfig, model_path: str, storage: Storage,
+             folder: str) -> dict[str, Any]:
+    """Send the missing rows of `requests` (a Ray Dataset) to the engines; write parquet."""
+    from ray.data.llm import build_processor
+
+    started = time.monotonic()
+    skip = done_ids(storage, folder)
+    todo = requests.filter(lambda row: row["id"] not in skip) if skip else requests
+    processor = build_processor(
+        processor_config(model_path, config.teacher.engine, seed=config.seed),
+        preprocess=Preprocess(config),
+        postprocess=Postprocess(config),
+    )
+    processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs)
+    return {"skipped_existing": len(skip), "wall_seconds": round(time.monotonic() - started, 2)}
