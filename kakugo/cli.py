@@ -18,7 +18,7 @@ from kakugo.languages import (
     resolve,
 )
 from kakugo.models import EMBEDDED, ModelError, build_embedded
-from kakugo.run import RunConflictError, distill_batch
+from kakugo.run import RunConflictError, distill_batch, open_run, resolve_languages, run_generate
 from kakugo.storage import StorageError
 
 EXIT_BAD_INPUT = 2
@@ -106,18 +106,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return distill_batch(_config_from(args), restart=args.restart)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    languages = resolve_languages(config)
+    run_generate(config, languages, open_run(config, languages, restart=args.restart))
+    return 0
+
+
+def _add_batch_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--languages", help="comma-separated names/codes, or @FILE")
+    p.add_argument("--output", help="output root: local path or s3://bucket/prefix")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in an output root written by another config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kakugo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the whole pipeline for a batch of languages")
-    _add_config_args(p)
-    p.add_argument("--languages", help="comma-separated names/codes, or @FILE")
-    p.add_argument("--output", help="output root: local path or s3://bucket/prefix")
-    p.add_argument("--restart", action="store_true",
-                   help="start over in an output root written by another config")
+    _add_batch_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="stages 1-2: prompts and responses (Ray Data + vLLM)")
+    _add_batch_args(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("languages", help="resolve languages and show evaluation coverage")
     p.add_argument("items", nargs="*", help="names or codes (default: the paper's 54)")

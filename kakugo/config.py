@@ -43,6 +43,9 @@ class EngineConfig(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enforce_eager: bool = False
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    tokenizer_stages: bool = Field(
+        True, description="tokenize/detokenize in their own Ray Data stages (off: in the engine)"
+    )
     extra_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -275,6 +278,9 @@ class ClusterConfig(Strict):
     )
     teacher_accelerator_type: str = "H100"
     training_accelerator_type: str = "H100"
+    local_num_cpus: int | None = Field(
+        None, ge=1, description="logical CPUs of a local Ray started by kakugo (no cluster)"
+    )
 
 
 class RunConfig(Strict):
@@ -333,8 +339,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.learning_rate=2e-5")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. a path template with braces): take it as a string
     return key.strip().split("."), value
 
 

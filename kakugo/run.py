@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from dataclasses import asdict
 
 from kakugo.config import RunConfig
@@ -20,7 +21,7 @@ log = logging.getLogger("kakugo.run")
 
 RUN_MANIFEST = "run.json"
 # In pipeline order; a stage is listed here once it is implemented.
-STAGES: tuple[str, ...] = ()
+STAGES: tuple[str, ...] = ("generate",)
 PLANNED_STAGES = ("generate", "translate", "assemble", "train", "serve", "evaluate", "report")
 
 
@@ -59,6 +60,27 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
     return storage
 
 
+def connect_ray(config: RunConfig) -> None:
+    """Join the running cluster (inside `ray job submit`, or RAY_ADDRESS), else start one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
+    else:
+        ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": env})
+
+
+def run_generate(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
+    from kakugo.generate.pipeline import generate
+
+    connect_ray(config)
+    return generate(config, languages, storage)
+
+
 def distill_batch(config: RunConfig, *, restart: bool = False) -> int:
     """Run every implemented stage for every language of the batch; returns an exit code."""
     languages = resolve_languages(config)
@@ -69,6 +91,7 @@ def distill_batch(config: RunConfig, *, restart: bool = False) -> int:
     for role, spec in (("teacher", config.teacher.model), ("student", config.student.model)):
         path = ModelSource.parse(spec).materialize()
         log.info("%s model ready: %s", role, path)
+    run_generate(config, languages, storage)
     missing = [s for s in PLANNED_STAGES if s not in STAGES]
     if missing:
         log.warning("stages not implemented yet (skipped): %s", ", ".join(missing))

@@ -67,6 +67,6 @@ def processor_config(
         runtime_env={"env_vars": engine_env(engine)},
         should_continue_on_error=should_continue_on_error,
         chat_template_stage=small_stage or True,
-        tokenize_stage=small_stage or True,
-        detokenize_stage=small_stage or True,
+        tokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
+        detokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from kakugo.config import RunConfig
 from kakugo.generate.reasoning import split_reasoning
+from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
 from kakugo.storage import Storage
 from kakugo.teacher import processor_config
@@ -69,7 +70,8 @@ class Postprocess:
         items: list[str] = []
         if row["n"] > 0 and finish == "stop":
             try:
-                items = [str(i).strip() for i in json.loads(answer)["items"]]
+                # strict=False: the grammar lets raw control characters into strings
+                items = [str(i).strip() for i in json.loads(answer, strict=False)["items"]]
             except (ValueError, KeyError, TypeError) as exc:
                 error = f"unparsable list reply: {exc}"
         out = {k: row[k] for k in REQUEST_COLUMNS}
@@ -79,16 +81,12 @@ class Postprocess:
         return out
 
 
-REQUEST_COLUMNS = ("id", "language", "language_name", "category", "step", "parent_id", "seed",
-                   "specific", "item", "n", "system", "user")
-
-
 def done_ids(storage: Storage, folder: str) -> set[str]:
     """Ids already written by earlier (possibly interrupted) runs of this pass."""
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
-    for name in storage.list(folder):
+    for name in storage.list(folder, recursive=True):
         if name.endswith(".parquet"):
             table = pq.read_table(storage.path(name), columns=["id"], filesystem=storage.fs)
             ids.update(table.column("id").to_pylist())
@@ -108,5 +106,6 @@ def run_pass(requests, config: RunConfig, model_path: str, storage: Storage,
         preprocess=Preprocess(config),
         postprocess=Postprocess(config),
     )
-    processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs)
+    processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs,
+                                  partition_cols=["language"])
     return {"skipped_existing": len(skip), "wall_seconds": round(time.monotonic() - started, 2)}

@@ -2,8 +2,13 @@
 
 A request row carries everything an engine pass needs and everything the next step needs:
   id, language (FLORES code), language_name, category (topic | scenario | context),
-  step, parent_id, seed, specific, item (the text this row is about), n (items expected
-  from a list call; 0 for free text), system, user.
+  step, parent_id, seed, specific, item (the text this row is about), context (a source
+  text, for context prompts), n (items expected from a list call; 0 for free text),
+  system, user, meta (a JSON object carried through untouched).
+A prompt row (what the responses are written for) carries:
+  id, language, language_name, category, source_step, parent_id, prompt, context,
+  revise (selected for revision), revised (the prompt is the teacher's rewrite),
+  original_prompt.
 Ids are stable: derived from the language, the step and the parent's id and position, so
 a rerun produces the same ids and resume can skip what exists.
 """
@@ -11,6 +16,7 @@ a rerun produces the same ids and resume can skip what exists.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,6 +24,11 @@ from kakugo.config import RunConfig
 from kakugo.prompts import render
 
 Row = dict[str, Any]
+
+REQUEST_COLUMNS = ("id", "language", "language_name", "category", "step", "parent_id", "seed",
+                   "specific", "item", "context", "n", "system", "user", "meta")
+PROMPT_COLUMNS = ("id", "language", "language_name", "category", "source_step", "parent_id",
+                  "prompt", "context", "revise", "revised", "original_prompt")
 
 REVISIONS = (
     "sounds more natural, the way a native speaker would really write it",
@@ -47,7 +58,7 @@ def fraction_of(key: str, salt: object) -> float:
 
 def _row(*, language: str, language_name: str, category: str, step: str, parent_id: str,
          position: int, item: str, seed: str, specific: bool, n: int, user: str,
-         system: str) -> Row:
+         system: str, context: str = "", meta: dict | None = None) -> Row:
     return {
         "id": stable_id(language, step, parent_id, position, item),
         "language": language,
@@ -58,9 +69,11 @@ def _row(*, language: str, language_name: str, category: str, step: str, parent_
         "seed": seed,
         "specific": specific,
         "item": item,
+        "context": context,
         "n": n,
         "system": system,
         "user": user,
+        "meta": json.dumps(meta or {}, ensure_ascii=False, sort_keys=True),
     }
 
 
@@ -109,8 +122,8 @@ def context_requests(language: str, language_name: str, texts: Iterable[str],
         task = cycle[position % len(cycle)]
         yield _row(
             language=language, language_name=language_name, category="context",
-            step="context_prompts", parent_id="", position=position, item=text, seed=task,
-            specific=True, n=ctx.prompts_per_text, system=system,
+            step="context_prompts", parent_id="", position=position, item=task, seed=task,
+            specific=True, n=ctx.prompts_per_text, system=system, context=text,
             user=render("context_prompts", n=ctx.prompts_per_text, context=text,
                         task_instruction=TASK_INSTRUCTIONS[task], language=language_name))
 
@@ -172,3 +185,66 @@ def topic_prompt_requests(items: list[Row], config: RunConfig) -> Iterator[Row]:
                    system=row["system"],
                    user=render("topic_prompts", n=n, item=row["item"],
                                language=row["language_name"]))
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def prompt_rows(out: Row, config: RunConfig) -> list[Row]:
+    """Prompt rows from a finished prompt-writing call; for contexts one of k is kept."""
+    if out["step"] not in PROMPT_STEPS or out["error"] or out["finish_reason"] != "stop":
+        return []
+    items = list(enumerate(out["items"]))
+    if out["step"] == "context_prompts" and items:
+        items = [items[int(fraction_of(out["id"], config.seed) * len(items))]]
+    return [
+        {"id": stable_id(out["id"], position), "language": out["language"],
+         "language_name": out["language_name"], "category": out["category"],
+         "source_step": out["step"], "parent_id": out["id"], "prompt": text,
+         "context": out["context"], "revise": False, "revised": False, "original_prompt": ""}
+        for position, text in items if text.strip()
+    ]
+
+
+PROMPT_STEPS = ("topic_prompts", "scenario_prompts", "context_prompts")
+
+
+def mark_revisions(rows: list[Row], fraction: float, seed: int) -> list[Row]:
+    """Select exactly floor(fraction * len(rows)) rows of one language and category."""
+    ranked = sorted(rows, key=lambda r: fraction_of(r["id"], ("revise", seed)))
+    chosen = {r["id"] for r in ranked[: int(fraction * len(rows))]}
+    return [{**r, "revise": r["id"] in chosen} for r in rows]
+
+
+def revise_request(prompt: Row) -> Row:
+    instruction = REVISIONS[int(fraction_of(prompt["id"], "kind") * len(REVISIONS))]
+    name = prompt["language_name"]
+    return _row(language=prompt["language"], language_name=name, category=prompt["category"],
+                step="revise", parent_id=prompt["id"], position=0, item=prompt["prompt"],
+                seed=prompt["source_step"], specific=True, n=1, context=prompt["context"],
+                system=writer_system(name),
+                user=render("revise", prompt=prompt["prompt"], revision_instruction=instruction,
+                            language=name))
+
+
+def revised_prompt(out: Row) -> Row:
+    """The final prompt row from a revision reply (the original when the rewrite failed)."""
+    ok = not out["error"] and out["finish_reason"] == "stop" and out["items"]
+    return {"id": out["parent_id"], "language": out["language"],
+            "language_name": out["language_name"], "category": out["category"],
+            "source_step": out["seed"], "parent_id": out["parent_id"],
+            "prompt": out["items"][0] if ok else out["item"], "context": out["context"],
+            "revise": True, "revised": bool(ok), "original_prompt": out["item"]}
+
+
+def response_request(prompt: Row) -> Row:
+    """The request that answers a final prompt (context texts are prepended)."""
+    user = f"{prompt['context']}\n\n{prompt['prompt']}" if prompt["context"] else prompt["prompt"]
+    name = prompt["language_name"]
+    row = _row(language=prompt["language"], language_name=name, category=prompt["category"],
+               step="respond", parent_id=prompt["parent_id"], position=0, item=prompt["prompt"],
+               seed=prompt["source_step"], specific=False, n=0, context=prompt["context"],
+               system=render("responder_system", language=name), user=user,
+               meta={"revised": prompt["revised"], "original_prompt": prompt["original_prompt"]})
+    row["id"] = prompt["id"]  # a response has the id of its prompt
+    return row

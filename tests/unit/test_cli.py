@@ -45,11 +45,17 @@ def test_bad_input_exits_non_zero_with_a_message(args, message, capsys, data_dir
     assert message in capsys.readouterr().err
 
 
-def test_run_refuses_to_mix_configs(tmp_path, capsys, data_dir):
-    out = str(tmp_path / "run")
-    base = ["run", "--config", "configs/tiny-cpu.yaml", "--languages", "gd", "--output", out]
-    assert main(base) == 0
-    assert main(base) == 0  # same config: fine
-    assert main([*base, "--set", "seed=7"]) == 2
-    assert "different configuration" in capsys.readouterr().err
-    assert main([*base, "--set", "seed=7", "--restart"]) == 0
+def test_run_refuses_to_mix_configs(tmp_path, data_dir):
+    from kakugo.config import load_config
+    from kakugo.run import RunConflictError, open_run, resolve_languages
+
+    overrides = [f"output={tmp_path / 'run'}", "languages=[gd]"]
+    config = load_config("configs/tiny-cpu.yaml", overrides)
+    languages = resolve_languages(config)
+    open_run(config, languages)
+    open_run(config, languages)  # same config: fine
+    changed = load_config("configs/tiny-cpu.yaml", [*overrides, "seed=7"])
+    with pytest.raises(RunConflictError, match="different configuration"):
+        open_run(changed, languages)
+    open_run(changed, languages, restart=True)
+    assert open_run(changed, languages).read_json("run.json")["config"]["seed"] == 7

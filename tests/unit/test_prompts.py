@@ -78,5 +78,8 @@ def test_postprocess_parses_lists_and_infers_the_finish_reason():
     assert (cut["finish_reason"], cut["items"]) == ("length", [])
     failed = post(_postprocess_row(generated_text="", __inference_error__="engine died"))
     assert (failed["finish_reason"], failed["error"]) == ("error", "engine died")
+    raw = post(_postprocess_row(generated_text='{"items": ["a\tb", "c\nd"]}',
+                                num_generated_tokens=9))
+    assert raw["items"] == ["a\tb", "c\nd"] and raw["error"] == ""
     bad = post(_postprocess_row(generated_text="not json", num_generated_tokens=3))
     assert bad["error"].startswith("unparsable list reply")
