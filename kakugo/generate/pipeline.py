@@ -50,6 +50,18 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
     return pd.DataFrame.from_records(rows, columns=list(columns))
 
 
+def _flat_map(dataset, fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
+              columns: tuple[str, ...]):
+    """Like Dataset.flat_map, but a block that yields no rows keeps its schema."""
+    def batch(frame: pd.DataFrame) -> pd.DataFrame:
+        return _frame([out for row in frame.to_dict("records") for out in fn(row)], columns)
+
+    return dataset.map_batches(batch, batch_format="pandas")
+
+
+ITEM_COLUMNS = ("id", "language", "language_name", "seed", "specific", "system", "item", "order")
+
+
 class GenerationStage:
     def __init__(self, config: RunConfig, languages: list[Language], storage: Storage):
         self.config = config
@@ -178,7 +190,7 @@ class GenerationStage:
                 return []
             return list(rq.child_requests(row, list(row["items"]), config))
 
-        return self.read("seeds").flat_map(children)
+        return _flat_map(self.read("seeds"), children, rq.REQUEST_COLUMNS)
 
     def _item_requests(self):
         config = self.config
@@ -207,10 +219,12 @@ class GenerationStage:
                 return []
             return list(rq.child_requests(row, list(row["items"]), config))
 
-        items = self.read("seeds").union(self.read("expand")).flat_map(topic_items)
-        topic_requests = items.groupby("language").map_groups(union_prompts,
-                                                              batch_format="pandas")
-        return topic_requests.union(self.read("expand").flat_map(detailed_children))
+        items = _flat_map(self.read("seeds").union(self.read("expand")), topic_items,
+                          ITEM_COLUMNS)
+        topic_requests = items.groupby("language", num_partitions=len(self.codes)).map_groups(
+            union_prompts, batch_format="pandas")
+        detailed = _flat_map(self.read("expand"), detailed_children, rq.REQUEST_COLUMNS)
+        return topic_requests.union(detailed)
 
     def _prompt_table(self):
         config = self.config
@@ -220,9 +234,10 @@ class GenerationStage:
             rows = group.sort_values("id").to_dict("records")
             return _frame(rq.mark_revisions(rows, fraction, config.seed), rq.PROMPT_COLUMNS)
 
-        prompts = (self.read("seeds").union(self.read("expand"), self.read("items"))
-                   .flat_map(lambda row: rq.prompt_rows(row, config)))
-        return prompts.groupby(["language", "category"]).map_groups(mark, batch_format="pandas")
+        outputs = self.read("seeds").union(self.read("expand"), self.read("items"))
+        prompts = _flat_map(outputs, lambda row: rq.prompt_rows(row, config), rq.PROMPT_COLUMNS)
+        groups = prompts.groupby(["language", "category"], num_partitions=3 * len(self.codes))
+        return groups.map_groups(mark, batch_format="pandas")
 
     def _revise_requests(self):
         return self.read("prompts").filter(lambda row: row["revise"]).map(rq.revise_request)
