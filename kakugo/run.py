@@ -66,10 +66,10 @@ def connect_ray(config: RunConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
+    if os.environ.get("RAY_ADDRESS"):  # a job's runtime env already applies to its tasks
+        ray.init(address=os.environ["RAY_ADDRESS"])
     else:
+        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
         ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env})
 
