@@ -53,11 +53,17 @@ def processor_config(
     *,
     seed: int | None = None,
     should_continue_on_error: bool = True,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ):
-    """A `vLLMEngineProcessorConfig` for `ray.data.llm.build_processor`."""
+    """A `vLLMEngineProcessorConfig` for `ray.data.llm.build_processor`.
+
+    `chat_template_kwargs` reach the template (e.g. gpt-oss's `reasoning_effort`).
+    """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     small_stage = {"num_cpus": 0.25} if engine.accelerator == "cpu" else {}
+    chat_stage = {**small_stage, "chat_template_kwargs": chat_template_kwargs} \
+        if chat_template_kwargs else (small_stage or True)
     return vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs=engine_kwargs(engine, seed=seed),
@@ -66,7 +72,7 @@ def processor_config(
         placement_group_config={"bundles": placement_bundles(engine), "strategy": "PACK"},
         runtime_env={"env_vars": engine_env(engine)},
         should_continue_on_error=should_continue_on_error,
-        chat_template_stage=small_stage or True,
+        chat_template_stage=chat_stage,
         tokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
         detokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
     )
