@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from kakugo.config import RunConfig
+from kakugo.config import RunConfig, SamplingConfig
 from kakugo.generate.reasoning import split_reasoning
 from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
@@ -30,24 +30,32 @@ OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens"
                   "completion_tokens", "error")
 
 
+def reply_token_limit(row: dict[str, Any], sampling: SamplingConfig) -> int:
+    """max_tokens of a request: its own, else the list or the free-text default."""
+    if row["max_tokens"]:
+        return int(row["max_tokens"])
+    return sampling.list_max_tokens if row["n"] > 0 else sampling.max_tokens
+
+
 class Preprocess:
     """Request row -> chat messages + per-row sampling params (list calls get the schema)."""
 
     def __init__(self, config: RunConfig):
         self.sampling = config.teacher.sampling
-        self.reasoning_effort = config.teacher.reasoning_effort
+        # gpt-oss marks its analysis/final channels with special tokens: keep them
+        self.keep_special_tokens = config.teacher.reasoning == "gpt_oss"
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         s = self.sampling
         params: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p,
                                   "repetition_penalty": s.repetition_penalty}
-        if row["n"] > 0:
-            params["max_tokens"] = s.list_max_tokens
-            schema = list_schema(int(row["n"]), s.list_item_max_chars)
-            params["structured_outputs"] = {"json": json.dumps(schema),
-                                            "disable_any_whitespace": True}
-        else:
-            params["max_tokens"] = s.max_tokens
+        if self.keep_special_tokens:
+            params["skip_special_tokens"] = False
+        params["max_tokens"] = reply_token_limit(row, s)
+        schema = row["schema"] or (
+            json.dumps(list_schema(int(row["n"]), s.list_item_max_chars)) if row["n"] > 0 else "")
+        if schema:
+            params["structured_outputs"] = {"json": schema, "disable_any_whitespace": True}
         messages = [{"role": "system", "content": row["system"]},
                     {"role": "user", "content": row["user"]}]
         return {**row, "messages": messages, "sampling_params": params}
@@ -64,9 +72,9 @@ class Postprocess:
         error = str(row.get("__inference_error__") or "")
         text = row.get("generated_text") or ""
         completion = int(row.get("num_generated_tokens") or 0)
-        limit = self.sampling.list_max_tokens if row["n"] > 0 else self.sampling.max_tokens
+        limit = reply_token_limit(row, self.sampling)
         finish = "error" if error else ("length" if completion >= limit else "stop")
-        reasoning, answer = split_reasoning(text, self.mode, row.get("reasoning"))
+        reasoning, answer = split_reasoning(text, self.mode)
         items: list[str] = []
         if row["n"] > 0 and finish == "stop":
             try:
@@ -79,6 +87,12 @@ class Postprocess:
                    prompt_tokens=int(row.get("num_input_tokens") or 0),
                    completion_tokens=completion, error=error)
         return out
+
+
+def teacher_template_kwargs(config: RunConfig) -> dict[str, Any] | None:
+    """Chat-template arguments for the teacher (gpt-oss takes its reasoning effort there)."""
+    effort = config.teacher.reasoning_effort
+    return {"reasoning_effort": effort} if effort else None
 
 
 def done_ids(storage: Storage, folder: str) -> set[str]:
@@ -102,7 +116,8 @@ def run_pass(requests, config: RunConfig, model_path: str, storage: Storage,
     skip = done_ids(storage, folder)
     todo = requests.filter(lambda row: row["id"] not in skip) if skip else requests
     processor = build_processor(
-        processor_config(model_path, config.teacher.engine, seed=config.seed),
+        processor_config(model_path, config.teacher.engine, seed=config.seed,
+                         chat_template_kwargs=teacher_template_kwargs(config)),
         preprocess=Preprocess(config),
         postprocess=Postprocess(config),
     )

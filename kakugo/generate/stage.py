@@ -1,0 +1,163 @@
+"""Bookkeeping shared by the stages that run as steps over Ray Datasets.
+
+A step writes `{output}/{root}/{step}/language=X/*.parquet` and then
+`{output}/{root}/{step}/_manifest.json` (per-language counts, config hash, timestamps,
+engine-seconds for engine steps). A step whose manifest has the same config hash and
+covers the batch's languages is done and skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from kakugo.config import RunConfig
+from kakugo.generate.engine_pass import run_pass
+from kakugo.languages import Language
+from kakugo.models import ModelSource
+from kakugo.storage import Storage
+
+log = logging.getLogger("kakugo.generate")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Rows as a DataFrame that keeps its columns when empty (Ray shuffles need them)."""
+    return pd.DataFrame.from_records(rows, columns=list(columns))
+
+
+def flat_map(dataset, fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
+              columns: tuple[str, ...]):
+    """Like Dataset.flat_map, but a block that yields no rows keeps its schema."""
+    def batch(block: pd.DataFrame) -> pd.DataFrame:
+        return frame([out for row in block.to_dict("records") for out in fn(row)], columns)
+
+    return dataset.map_batches(batch, batch_format="pandas")
+
+
+class Stage:
+    """Steps run in order; each one skipped when done, its manifest written when finished."""
+
+    root: str
+    steps: tuple[str, ...]
+    engine_steps: tuple[str, ...] = ()
+    config_sections: tuple[str, ...]
+
+    def __init__(self, config: RunConfig, languages: list[Language], storage: Storage):
+        self.config = config
+        self.languages = languages
+        self.codes = [lang.flores_code for lang in languages]
+        self.storage = storage
+        self.digest = config.digest(*self.config_sections)
+        self._teacher_path: str | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def folder(self, step: str) -> str:
+        return f"{self.root}/{step}"
+
+    def manifest(self, step: str) -> dict[str, Any] | None:
+        return self.storage.read_json(f"{self.folder(step)}/_manifest.json", default=None)
+
+    def is_done(self, step: str) -> bool:
+        m = self.manifest(step)
+        return bool(m and m.get("config_hash") == self.digest
+                    and set(self.codes) <= set(m.get("languages", {})))
+
+    def read(self, step: str, root: str | None = None):
+        """A step's rows for this batch's languages (by default a step of this stage)."""
+        import ray
+
+        folder = f"{root}/{step}" if root else self.folder(step)
+        ds = ray.data.read_parquet(self.storage.path(folder), filesystem=self.storage.fs)
+        codes = set(self.codes)
+        return ds.filter(lambda row: row["language"] in codes)
+
+    def teacher_path(self) -> str:
+        if self._teacher_path is None:
+            self._teacher_path = ModelSource.parse(self.config.teacher.model).materialize()
+        return self._teacher_path
+
+    def _language_stats(self, step: str) -> dict[str, dict[str, Any]]:
+        """Per-language counts, from a few small columns of the step's parquet files."""
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(self.storage.path(self.folder(step)), format="parquet",
+                               filesystem=self.storage.fs, partitioning="hive")
+        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens", "error",
+                              "finish_reason") if c in dataset.schema.names]
+        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
+        stats: dict[str, dict[str, Any]] = {}
+        for code in self.codes:
+            group = table[table["language"] == code]
+            entry: dict[str, Any] = {"rows": len(group)}
+            if "category" in wanted:
+                entry["categories"] = {str(k): int(v) for k, v in
+                                       group["category"].value_counts().sort_index().items()}
+            if "prompt_tokens" in wanted:
+                entry.update(
+                    prompt_tokens=int(group["prompt_tokens"].sum()),
+                    completion_tokens=int(group["completion_tokens"].sum()),
+                    errors=int((group["error"] != "").sum()),
+                    unfinished=int((group["finish_reason"] != "stop").sum()),
+                )
+            stats[code] = entry
+        return stats
+
+    def _finish(self, step: str, started: float, started_at: str, extra: dict[str, Any],
+                languages: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        languages = languages if languages is not None else self._language_stats(step)
+        manifest = {"step": step, "config_hash": self.digest, "languages": languages,
+                    "started": started_at, "finished": now(),
+                    "wall_seconds": round(time.monotonic() - started, 2), **extra}
+        if step in self.engine_steps:
+            engine = self.config.teacher.engine
+            devices = engine.replicas * engine.tensor_parallel_size * engine.pipeline_parallel_size
+            seconds = manifest["wall_seconds"] * devices
+            tokens = {c: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
+                      for c, s in languages.items()}
+            total = sum(tokens.values()) or 1
+            manifest["engine_seconds"] = round(seconds, 2)
+            manifest["accelerator"] = engine.accelerator
+            for code, s in languages.items():  # shared engines: split by tokens processed
+                s["engine_seconds"] = round(seconds * tokens[code] / total, 2)
+        self.storage.write_json(f"{self.folder(step)}/_manifest.json", manifest)
+        log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
+        for code, s in languages.items():
+            log.info("  %-9s %-14s %s", step, code,
+                     " ".join(f"{k}={v}" for k, v in s.items()))
+        return manifest
+
+    def _step(self, step: str, build: Callable[[], Any]) -> dict[str, Any]:
+        """Run one step unless done. `build` returns a Ray Dataset (engine requests, or a
+        derived table written whole under the step's folder) or, for a step that writes
+        its own outputs, the per-language stats for the manifest."""
+        if self.is_done(step):
+            log.info("%s/%s: done earlier, skipped", self.root, step)
+            return {"skipped": True}
+        log.info("%s/%s (step %d of %d): running for %s", self.root, step,
+                 self.steps.index(step) + 1, len(self.steps), ", ".join(self.codes))
+        started, started_at = time.monotonic(), now()
+        dataset = build()
+        if isinstance(dataset, dict):
+            return self._finish(step, started, started_at, {}, languages=dataset)
+        if step in self.engine_steps:
+            extra = run_pass(dataset, self.config, self.teacher_path(), self.storage,
+                             self.folder(step))
+        else:  # a derived table: deterministic, so rewritten whole
+            self.storage.delete(self.folder(step))
+            dataset.write_parquet(self.storage.path(self.folder(step)),
+                                  filesystem=self.storage.fs, partition_cols=["language"])
+            extra = {}
+        return self._finish(step, started, started_at, extra)
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        builders = {step: getattr(self, f"build_{step}") for step in self.steps}
+        return {step: self._step(step, builders[step]) for step in self.steps}

@@ -1,0 +1,189 @@
+"""Stage 3: an English instruction set translated by the teacher, and the rules a
+translation must pass to be kept.
+
+Source: `BAAI/Infinity-Instruct` (config `7M_core`, streamed from the hub, English rows
+only), a local/S3 jsonl or parquet of conversations in the same shape ("conversations":
+[{"from": "human"|"gpt", "value": ...}] or "messages": [{"role", "content"}]), or
+`embedded:english-instructions` (a small set shipped with the package for offline runs).
+Rows are shuffled with the run's seed; rows over `max_source_tokens` teacher tokens are
+dropped; the same source rows are translated into every language of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from importlib import resources
+from typing import Any
+
+from kakugo.config import RunConfig, TranslationConfig
+from kakugo.generate.requests import Row, make_request, stable_id
+from kakugo.prompts import render
+from kakugo.storage import Storage
+
+EMBEDDED_SOURCE = "embedded:english-instructions"
+HUB_SHUFFLE_BUFFER = 10_000
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# The rules a translated row must pass, in the order they are checked.
+RULES = ("unfinished", "parse", "fields", "roles", "utf8", "turn_count", "token_ratio")
+
+
+class TranslationSourceError(ValueError):
+    """The translation source is missing or not in the expected shape; the message says where."""
+
+
+Turns = list[dict[str, str]]
+
+
+def to_turns(record: dict[str, Any], where: str) -> Turns:
+    """A source record's conversation as [{role, content}] with roles user/assistant."""
+    if "conversations" in record:
+        turns, role_key, text_key = record["conversations"], "from", "value"
+    elif "messages" in record:
+        turns, role_key, text_key = record["messages"], "role", "content"
+    else:
+        raise TranslationSourceError(
+            f"{where}: expected a 'conversations' (from/value) or 'messages' (role/content) "
+            f"field, found {sorted(record)}")
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            raise TranslationSourceError(
+                f"{where}: every turn needs '{role_key}' and '{text_key}', found {turn!r:.80}")
+        role = SHAREGPT_ROLES.get(str(turn[role_key]))
+        if role is None:  # system/tool turns are not translated
+            continue
+        out.append({"role": role, "content": str(turn[text_key])})
+    return out
+
+
+def _is_english(record: dict[str, Any]) -> bool:
+    return record.get("langdetect", "en") in ("en", "eng", None)
+
+
+def _local_records(source: str) -> list[dict[str, Any]]:
+    if source == EMBEDDED_SOURCE:
+        text = (resources.files("kakugo") / "data" / "english_instructions.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    root, _, name = source.rpartition("/")
+    storage = Storage(root or ".")
+    if not storage.exists(name):
+        raise TranslationSourceError(f"translation.source {source} does not exist")
+    if name.endswith(".parquet"):
+        return storage.read_parquet(name).to_pylist()
+    if not name.endswith((".jsonl", ".json")):
+        raise TranslationSourceError(
+            f"translation.source {source}: unsupported file type (allowed: .jsonl, .parquet, "
+            "or a hub dataset id)")
+    records = []
+    for number, line in enumerate(storage.read_text(name).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise TranslationSourceError(
+                    f"translation.source {source} line {number}: not a JSON object") from None
+    return records
+
+
+def _hub_records(cfg: TranslationConfig, seed: int) -> Iterable[dict[str, Any]]:
+    from datasets import load_dataset
+
+    stream = load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=True)
+    return stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+
+
+def is_local_source(source: str) -> bool:
+    return source == EMBEDDED_SOURCE or source.startswith(("s3://", "/", ".")) or \
+        source.endswith((".jsonl", ".json", ".parquet"))
+
+
+def load_source(cfg: TranslationConfig, seed: int,
+                count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+    """Up to `cfg.rows` English conversations: {"source_id", "turns"}, shuffled by seed."""
+    if cfg.rows == 0:
+        return []
+    if is_local_source(cfg.source):
+        records: Iterable[dict[str, Any]] = _local_records(cfg.source)
+        records = list(records)
+        random.Random(seed).shuffle(records)
+    else:
+        records = _hub_records(cfg, seed)
+    rows = []
+    for number, record in enumerate(records, 1):
+        if not _is_english(record):
+            continue
+        turns = to_turns(record, f"translation.source {cfg.source} row {number}")
+        if not turns or sum(count_tokens(t["content"]) for t in turns) > cfg.max_source_tokens:
+            continue
+        rows.append({"source_id": stable_id("translation", json.dumps(turns, sort_keys=True)),
+                     "turns": turns})
+        if len(rows) == cfg.rows:
+            break
+    return rows
+
+
+def conversation_schema(n_turns: int) -> dict[str, Any]:
+    """JSON schema of a translation reply: {"turns": [exactly n {role, content}]}."""
+    turn = {"type": "object",
+            "properties": {"role": {"type": "string", "enum": ["user", "assistant"]},
+                           "content": {"type": "string"}},
+            "required": ["role", "content"], "additionalProperties": False}
+    return {"type": "object",
+            "properties": {"turns": {"type": "array", "items": turn,
+                                     "minItems": n_turns, "maxItems": n_turns}},
+            "required": ["turns"], "additionalProperties": False}
+
+
+def translation_requests(language: str, language_name: str, sources: list[dict[str, Any]],
+                         config: RunConfig) -> Iterator[Row]:
+    system = render("translate_system", language=language_name)
+    for source in sources:
+        turns = source["turns"]
+        yield make_request(
+            language=language, language_name=language_name, category="translation",
+            step="translate", parent_id=source["source_id"], position=0,
+            item=json.dumps(turns, ensure_ascii=False), seed="", specific=False, n=0,
+            schema=json.dumps(conversation_schema(len(turns))),
+            max_tokens=config.translation.max_tokens, system=system,
+            user=render("translate", language=language_name, n=len(turns),
+                        conversation=json.dumps({"turns": turns}, ensure_ascii=False, indent=1)))
+
+
+def check_translation(source: Turns, reply: str, *, finished: bool,
+                      count_tokens: Callable[[str], int],
+                      cfg: TranslationConfig) -> tuple[Turns, str, str]:
+    """(turns, rule, detail): rule is "" when the translation is kept, else the first of
+    RULES it fails, with a detail naming the turn and value."""
+    if not finished:
+        return [], "unfinished", "the reply was cut off or failed"
+    try:
+        parsed = json.loads(reply, strict=False)
+        turns = parsed["turns"] if isinstance(parsed, dict) else parsed
+        if not isinstance(turns, list):
+            raise TypeError("not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        return [], "parse", f"not a JSON list of turns: {exc}"
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or set(turn) != {"role", "content"} or \
+                not all(isinstance(v, str) for v in turn.values()):
+            return [], "fields", f"turn {i} must have exactly string 'role' and 'content'"
+    for i, turn in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if turn["role"] != expected:
+            return [], "roles", f"turn {i} has role {turn['role']!r}, expected {expected!r}"
+    for i, turn in enumerate(turns):
+        try:
+            turn["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            return [], "utf8", f"turn {i} is not valid UTF-8"
+    if len(turns) != len(source):
+        return [], "turn_count", f"{len(turns)} turns, the source has {len(source)}"
+    for i, (new, old) in enumerate(zip(turns, source, strict=True)):
+        ratio = count_tokens(new["content"]) / max(count_tokens(old["content"]), 1)
+        if not cfg.min_token_ratio <= ratio <= cfg.max_token_ratio:
+            return [], "token_ratio", (
+                f"turn {i}: translated/source token ratio {ratio:.2f} outside "
+                f"[{cfg.min_token_ratio}, {cfg.max_token_ratio}]")
+    return turns, "", ""
