@@ -1,4 +1,4 @@
-"""`kakugo` command line: run | languages | models | config."""
+"""`kakugo` command line: run | generate | train | languages | models | config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import logging
 import sys
 
 from kakugo.config import ConfigError, RunConfig, load_config
+from kakugo.generate.assemble import DatasetTooSmallError
+from kakugo.generate.contexts import ContextSourceError
+from kakugo.generate.filters import FilterSetupError
+from kakugo.generate.translate import TranslationSourceError
 from kakugo.languages import (
     EVAL_SETS,
     LanguageError,
@@ -18,8 +22,9 @@ from kakugo.languages import (
     resolve,
 )
 from kakugo.models import EMBEDDED, ModelError, build_embedded
-from kakugo.run import RunConflictError, distill_batch, open_run, resolve_languages, run_generate
+from kakugo.run import RunConflictError, distill_batch
 from kakugo.storage import StorageError
+from kakugo.train.trainer import TrainingDataError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -107,15 +112,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    config = _config_from(args)
-    languages = resolve_languages(config)
-    run_generate(config, languages, open_run(config, languages, restart=args.restart))
-    return 0
+    return distill_batch(_config_from(args), restart=args.restart,
+                         stages=("generate", "dataset"))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return distill_batch(_config_from(args), restart=args.restart, stages=("train",))
 
 
 def _add_batch_args(p: argparse.ArgumentParser) -> None:
     _add_config_args(p)
-    p.add_argument("--languages", help="comma-separated names/codes, or @FILE")
+    p.add_argument("--languages", "--language", dest="languages",
+                   help="comma-separated names/codes, or @FILE")
     p.add_argument("--output", help="output root: local path or s3://bucket/prefix")
     p.add_argument("--restart", action="store_true",
                    help="start over in an output root written by another config")
@@ -130,9 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("generate", help="stages 1-2: prompts and responses (Ray Data + vLLM)")
+    p = sub.add_parser("generate", help="prompts, responses and translations, then the "
+                       "filtered SFT dataset of each language (Ray Data + vLLM)")
     _add_batch_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="fine-tune the student on each language's SFT set "
+                       "(Ray Train + DeepSpeed ZeRO-3)")
+    _add_batch_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("languages", help="resolve languages and show evaluation coverage")
     p.add_argument("items", nargs="*", help="names or codes (default: the paper's 54)")
@@ -160,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, LanguageError, ModelError, RunConflictError) as exc:
+    except (ConfigError, LanguageError, ModelError, RunConflictError, ContextSourceError,
+            TranslationSourceError, FilterSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except StorageError as exc:
+    except (StorageError, DatasetTooSmallError, TrainingDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -160,12 +160,14 @@ class GenerationConfig(Strict):
 class TranslationConfig(Strict):
     source: str = Field(
         "BAAI/Infinity-Instruct",
-        description="hub dataset id (streamed) or a local/s3 jsonl/parquet of conversations",
+        description="hub dataset id (streamed), a local/s3 jsonl/parquet of conversations, "
+        "or embedded:english-instructions",
     )
     subset: str | None = Field("7M_core", description="hub dataset config")
     split: str = "train"
     rows: int = Field(15000, ge=0)
     max_source_tokens: int = Field(2048, ge=1, description="source rows longer are dropped")
+    max_tokens: int = Field(4096, ge=1, description="reply limit for one translated conversation")
     min_token_ratio: float = Field(0.75, gt=0)
     max_token_ratio: float = Field(25.0, gt=0)
 
@@ -188,6 +190,11 @@ class FiltersConfig(Strict):
     dedup_threshold: float = Field(0.8, ge=0, le=1, description="near-duplicate Jaccard")
     language_id: FilterAction = "drop"
     language_id_min_confidence: float = Field(0.5, ge=0, le=1)
+    language_id_model: str = Field(
+        "hf:cis-lmu/glotlid/model.bin",
+        description="fastText LID model: hf:REPO/FILE, a local or s3:// file, or "
+        "embedded:lid176 (fastText lid.176, bundled, fewer languages)",
+    )
     decontamination: FilterAction = "drop"
     decontamination_ngram: int = Field(13, ge=4)
     min_rows_per_language: int = Field(1000, ge=1)
@@ -199,6 +206,8 @@ class DatasetConfig(Strict):
     )
     concise_system_prompt: str = "Answer concisely."
     token_limited: bool = Field(False, description="drop reasoning traces to save tokens")
+    license: str = Field("cc-by-sa-4.0", description="dataset card license (Infinity-Instruct "
+                         "is CC-BY-SA 4.0)")
 
 
 class TrainingConfig(Strict):
@@ -219,6 +228,8 @@ class TrainingConfig(Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     cutoff_len: int = Field(8000, ge=16)
     packing: bool = True
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel; packed samples are kept apart in each")
     gradient_checkpointing: bool = True
     validation_fraction: float = Field(0.02, ge=0, lt=1)
     report_every_steps: int = Field(10, ge=1)

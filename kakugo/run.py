@@ -21,8 +21,8 @@ log = logging.getLogger("kakugo.run")
 
 RUN_MANIFEST = "run.json"
 # In pipeline order; a stage is listed here once it is implemented.
-STAGES: tuple[str, ...] = ("generate",)
-PLANNED_STAGES = ("generate", "translate", "assemble", "train", "serve", "evaluate", "report")
+STAGES: tuple[str, ...] = ("generate", "dataset", "train")
+PLANNED_STAGES = ("generate", "dataset", "train", "serve", "evaluate", "report")
 
 
 class RunConflictError(RuntimeError):
@@ -74,15 +74,28 @@ def connect_ray(config: RunConfig) -> None:
                  runtime_env={"env_vars": env})
 
 
-def run_generate(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
-    from kakugo.generate.pipeline import generate
-
+def run_stage(stage: str, config: RunConfig, languages: list[Language],
+              storage: Storage) -> dict:
+    """Run (or resume) one stage for the whole batch."""
     connect_ray(config)
-    return generate(config, languages, storage)
+    if stage == "generate":  # prompts, responses and translations (stages 1-3)
+        from kakugo.generate.pipeline import generate
+
+        return generate(config, languages, storage)
+    if stage == "dataset":  # filters and the SFT set of each language (stage 4)
+        from kakugo.generate.assemble import assemble
+
+        return assemble(config, languages, storage)
+    if stage == "train":  # full fine-tuning of the student per language (stage 5)
+        from kakugo.train.trainer import train
+
+        return train(config, languages, storage)
+    raise ValueError(f"unknown stage {stage!r}; implemented: {', '.join(STAGES)}")
 
 
-def distill_batch(config: RunConfig, *, restart: bool = False) -> int:
-    """Run every implemented stage for every language of the batch; returns an exit code."""
+def distill_batch(config: RunConfig, *, restart: bool = False,
+                  stages: tuple[str, ...] = STAGES) -> int:
+    """Run `stages` (default: every implemented one) for the batch; returns an exit code."""
     languages = resolve_languages(config)
     storage = open_run(config, languages, restart=restart)
     log.info("run %s: %d language(s) -> %s", config.name, len(languages), storage.root)
@@ -91,8 +104,9 @@ def distill_batch(config: RunConfig, *, restart: bool = False) -> int:
     for role, spec in (("teacher", config.teacher.model), ("student", config.student.model)):
         path = ModelSource.parse(spec).materialize()
         log.info("%s model ready: %s", role, path)
-    run_generate(config, languages, storage)
+    for stage in stages:
+        run_stage(stage, config, languages, storage)
     missing = [s for s in PLANNED_STAGES if s not in STAGES]
-    if missing:
+    if missing and stages == STAGES:
         log.warning("stages not implemented yet (skipped): %s", ", ".join(missing))
     return 0

@@ -1,0 +1,218 @@
+"""GPU training-step benchmark (one CUDA GPU, no Ray needed): prints JSON and writes
+benchmarks/results/gpu_train.json.
+
+In one process, on a Granite-4.0-Micro-shaped model (the real config shipped in
+kakugo/data: 40 layers, hidden 2560, ~3.4B parameters; random weights) with packed rows
+of `--cutoff` tokens:
+  (a) a bare loop: transformers model + fused torch AdamW, bf16, no DeepSpeed;
+  (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
+      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config).
+For each: tokens/s, model FLOPs utilisation against a measured bf16 matmul peak, peak
+memory; and the ratio (b)/(a).
+
+    python benchmarks/gpu_train.py                      # on a GPU machine
+    python benchmarks/gpu_train.py --tiny --device cpu  # the same code path on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GRANITE_MICRO = Path(__file__).resolve().parents[1] / "kakugo" / "data" / "granite-4.0-micro"
+TINY = {"hidden_size": 256, "intermediate_size": 512, "shared_intermediate_size": 512,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def model_config(tiny: bool, attention: str):
+    from transformers import AutoConfig
+
+    real = json.loads((GRANITE_MICRO / "config.json").read_text())
+    shape = {**real, **(TINY if tiny else {})}
+    shape["layer_types"] = ["attention"] * shape["num_hidden_layers"]
+    config = AutoConfig.for_model(**{k: v for k, v in shape.items() if k != "architectures"})
+    config._attn_implementation = attention
+    return config
+
+
+def packed_rows(n: int, cutoff: int, vocab: int, seed: int = 0) -> list[dict]:
+    """Rows packed from samples of 200..2000 tokens, labels on the last 60% of each."""
+    import random
+
+    from kakugo.train.data import IGNORE_INDEX, pack
+
+    rng = random.Random(seed)
+    samples = []
+    while sum(len(s["input_ids"]) for s in samples) < n * cutoff:
+        length = rng.randint(200, min(2000, cutoff))
+        ids = [rng.randrange(vocab) for _ in range(length)]
+        cut = int(length * 0.4)
+        samples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * cut + ids[cut:]})
+    return list(pack(samples, cutoff))[:n]
+
+
+def matmul_peak(device, dtype, size: int = 8192, repeat: int = 20) -> float:
+    """Measured dense matmul FLOP/s in `dtype` (the denominator of MFU)."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    sync(device)
+    return 2 * size**3 * repeat / (time.perf_counter() - started)
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_token(config, params: int, seq: float) -> float:
+    """6N for the dense weights plus causal attention (12 * layers * hidden * seq / 2)."""
+    return 6 * params + 6 * config.num_hidden_layers * config.hidden_size * seq
+
+
+def run(step, rows, device, warmup: int) -> dict:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens, started = 0, None
+    for index, row in enumerate(rows):
+        if index == warmup:
+            sync(device)
+            started, tokens = time.perf_counter(), 0
+        step(row)
+        tokens += len(row["input_ids"])
+    sync(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds,
+            "peak_memory_gib": round(peak, 2) if peak else None}
+
+
+def main() -> None:
+    import torch
+
+    from kakugo.train.data import collate, model_inputs
+    from kakugo.train.loop import deepspeed_config
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="a 4-layer model (code-path check)")
+    parser.add_argument("--cutoff", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing in both loops")
+    parser.add_argument("--attention", default="sdpa")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    config = model_config(args.tiny, args.attention)
+    rows = packed_rows(args.steps, args.cutoff, config.vocab_size)
+    mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    seq = sum(sum(n * n for n in _sample_lengths(r)) for r in rows) / sum(
+        len(r["input_ids"]) for r in rows)
+    peak = matmul_peak(device, dtype, 8192 if gpu else 1024, 20 if gpu else 3)
+
+    def build():
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        with device:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if args.checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        return model
+
+    def batch(row):
+        return {k: v.to(device) for k, v in
+                model_inputs(collate([row], 0), dtype, args.attention).items()}
+
+    # (a) the bare loop
+    model = build()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
+
+    def bare_step(row):
+        loss = model(**batch(row)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    bare = run(bare_step, rows, device, args.warmup)
+    del model, optimizer
+    if gpu:
+        torch.cuda.empty_cache()
+
+    # (b) our step: DeepSpeed ZeRO-3, world size 1
+    import deepspeed
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+    training = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_grad_norm": 1.0,
+                "zero_stage": 3, "precision": "bf16" if gpu else "fp32"}
+    model = build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                      config=deepspeed_config(training, gpu))
+
+    def ours_step(row):
+        loss = engine(**batch(row)).loss
+        engine.backward(loss)
+        engine.step()
+
+    ours = run(ours_step, rows, device, args.warmup)
+    per_token = flops_per_token(config, params, seq)
+    for result in (bare, ours):
+        result["mfu"] = round(result["tokens_per_second"] * per_token / peak, 4)
+        result["tokens_per_second"] = round(result["tokens_per_second"], 1)
+    out = {
+        "benchmark": "gpu_train",
+        "device": torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} CPU",
+        "model": "granite-4.0-micro shape" + (" (tiny)" if args.tiny else ""),
+        "parameters": params,
+        "cutoff_len": args.cutoff,
+        "mean_row_tokens": round(mean_len, 1),
+        "activation_checkpointing": args.checkpointing,
+        "attention": args.attention,
+        "dtype": str(dtype).removeprefix("torch."),
+        "measured_matmul_peak_tflops": round(peak / 1e12, 1),
+        "bare_loop": bare,
+        "ours_zero3": ours,
+        "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = "gpu_train.json" if gpu else "gpu_train-cpu-check.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+def _sample_lengths(row) -> list[int]:
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+    return [b - a for a, b in itertools.pairwise(starts)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Training benchmark: prints JSON and writes benchmarks/results/training.json.
+
+Tokens/s of our Ray Train + DeepSpeed ZeRO-3 loop vs a bare single-process loop (plain
+PyTorch AdamW, same model, same packed rows, same micro-batch), and the packing
+efficiency of the data. On CPU this measures framework overhead on the tiny student;
+benchmarks/gpu_train.py is the GPU counterpart on a Granite-4.0-Micro-sized model.
+
+    KAKUGO_DATA_DIR=../shared/data python benchmarks/training.py [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic_rows(n: int) -> list[dict]:
+    words = ["tha", "an", "latha", "brèagha", "an-diugh", "agus", "tha", "a'", "ghrian", "a'", "deàrrsadh", "air", "a'", "bhaile"]
+    rows = []
+    for i in range(n):
+        answer = " ".join(words[(i + k) % len(words)] for k in range(20 + i % 40))
+        rows.append({"id": f"r{i:05d}", "language": "gla_Latn", "category": "topic",
+                     "kind": "generated",
+                     "messages": [{"role": "user", "content": f"Sgrìobh rudeigin {i}."},
+                                  {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def bare_loop(student_path: str, rows: list[dict], config) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kakugo.train.data import collate, model_inputs
+
+    t = config.training
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32,
+                                                 attn_implementation=t.attention)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
+    pad = AutoTokenizer.from_pretrained(student_path).pad_token_id or 0
+    tokens, started = 0, None
+    for index in range(0, len(rows) - t.micro_batch_size + 1, t.micro_batch_size):
+        if index == t.micro_batch_size * 2:  # warm-up steps excluded
+            started, tokens = time.monotonic(), 0
+        batch = collate(rows[index:index + t.micro_batch_size], pad)
+        loss = model(**model_inputs(batch, torch.float32, t.attention)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch["input_ids"].numel()
+    return {"tokens_per_second": round(tokens / (time.monotonic() - started), 1)}
+
+
+def main() -> None:
+    import ray
+
+    from kakugo.config import load_config
+    from kakugo.languages import resolve
+    from kakugo.models import ModelSource
+    from kakugo.storage import Storage
+    from kakugo.train.trainer import prepare_data, train_language
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--cutoff", type=int, default=512)
+    args = parser.parse_args()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Storage(tmp)
+        storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
+                              pa.Table.from_pylist(synthetic_rows(args.rows)))
+        config = load_config("configs/tiny-cpu.yaml", [
+            f"output={tmp}", f"training.num_workers={args.workers}",
+            f"training.cutoff_len={args.cutoff}", "training.report_every_steps=5",
+            "training.checkpoint_every_steps=100000", "training.validation_fraction=0",
+            f"training.cpus_per_worker={min(2, 2 / args.workers)}"])
+        lang = resolve("gd")
+        student = ModelSource.parse(config.student.model).materialize()
+        train_rows = prepare_data(config, lang, storage, student)[0].take_all()
+        bare = bare_loop(student, train_rows, config)
+        manifest = train_language(config, lang, storage)
+    ray.shutdown()
+    windows = [m["tokens_per_second"] for m in manifest["history"]
+               if m.get("tokens_per_second")][1:]  # the first window holds start-up
+    ours = sum(windows) / len(windows)
+    result = {
+        "benchmark": "training",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+        "model": config.student.model,
+        "workers": args.workers,
+        "zero_stage": config.training.zero_stage,
+        "cutoff_len": args.cutoff,
+        "packed_rows": manifest["train_rows"],
+        "packing_efficiency": manifest["packing_efficiency"],
+        "ray_train_tokens_per_second": round(ours, 1),
+        "bare_loop_tokens_per_second": bare["tokens_per_second"],
+        "ratio": round(ours / bare["tokens_per_second"], 3),
+        "wall_seconds": manifest["wall_seconds"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = "training.json" if args.workers == 1 else f"training-{args.workers}workers.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The training loop that runs on every Ray Train worker: DeepSpeed ZeRO-3 full fine-tuning.
+
+Built the way DeepSpeed and transformers expect it: the process group first (Ray Train
+has already made it; DeepSpeed joins it), then `HfDeepSpeedConfig` so that
+`from_pretrained` partitions the weights across ranks as they load (ZeRO-3), then
+`deepspeed.initialize` with torch AdamW and a warmup + cosine/linear/constant schedule.
+
+Every `report_every_steps` optimizer steps the loop reports loss, lr, tokens/s and
+(at checkpoints and at the end) validation loss through `ray.train.report`. Every
+`checkpoint_every_steps` it saves a DeepSpeed checkpoint (every rank writes its shard)
+and reports it; a restarted worker group resumes from `ray.train.get_checkpoint()`.
+At the end the consolidated weights are gathered (a collective) and rank 0 exports the
+HF model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+from kakugo.storage import Storage
+
+CHECKPOINT_TAG = "step"
+
+
+def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
+    """DeepSpeed config from our `training` section (a plain dict on the workers)."""
+    return {
+        "train_micro_batch_size_per_gpu": t["micro_batch_size"],
+        "gradient_accumulation_steps": t["gradient_accumulation_steps"],
+        "gradient_clipping": t["max_grad_norm"],
+        "zero_optimization": {
+            "stage": t["zero_stage"],
+            "stage3_gather_16bit_weights_on_model_save": True,
+            "overlap_comm": use_gpu,
+            "contiguous_gradients": True,
+        },
+        "bf16": {"enabled": t["precision"] == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _mean_across_ranks(total: float, count: float, device) -> float:
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.tensor([total, count], dtype=torch.float64, device=device)
+    dist.all_reduce(buf)
+    return (buf[0] / buf[1].clamp(min=1)).item()
+
+
+def _inject_fault(cfg: dict[str, Any], step: int, rank: int, world: int) -> None:
+    """For fault tests: the last rank's process dies once at `fail_at_step` (a marker file
+    on shared storage makes it once per run, not once per restart). It dies a few seconds
+    in, as a crash would: reports are collected by the Train controller every 2 s, and a
+    checkpoint reported just before the crash may not be registered yet."""
+    marker = cfg.get("fault_marker")
+    if cfg.get("fail_at_step") == step and rank == world - 1 and marker and \
+            not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"worker {rank} killed at step {step}\n")
+        time.sleep(5)
+        os._exit(1)
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from kakugo.train.data import collate, model_inputs
+    from kakugo.train.export import export_model
+
+    t = cfg["training"]
+    use_gpu = t["use_gpu"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    device = torch.device("cuda", ctx.get_local_rank()) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+
+    ds_config = deepspeed_config(t, use_gpu)
+    dtype = torch.bfloat16 if t["precision"] == "bf16" else torch.float32
+    keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - from_pretrained reads it (ZeRO-3)
+    model = AutoModelForCausalLM.from_pretrained(cfg["student_path"], dtype=dtype,
+                                                 attn_implementation=t["attention"])
+    if t["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    total_steps = cfg["total_steps"]
+    warmup = int(t["warmup_ratio"] * total_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"],
+                                  weight_decay=t["weight_decay"], betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(t["lr_scheduler"], warmup, total_steps))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    local_params = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                       for p in engine.module.parameters())
+    params_per_rank: list[int] = [0] * world
+    torch.distributed.all_gather_object(params_per_rank, local_params)
+    print(f"[kakugo.train] rank {rank}/{world}: {local_params} parameters held locally")
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        step = int(client["step"])
+        print(f"[kakugo.train] rank {rank}: resumed from step {step}")
+
+    pad_id = AutoTokenizer.from_pretrained(cfg["student_path"]).pad_token_id or 0
+    micro, accum = t["micro_batch_size"], t["gradient_accumulation_steps"]
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+
+    def batches(shard):
+        for rows in shard.iter_batches(batch_size=micro, batch_format="numpy",
+                                       prefetch_batches=2):
+            items = [{k: rows[k][i] for k in ("input_ids", "labels", "position_ids")}
+                     for i in range(len(rows["input_ids"]))]
+            yield {k: v.to(device) for k, v in collate(items, pad_id).items()}
+
+    def forward(batch) -> tuple[torch.Tensor, int]:
+        """Mean loss over the batch's label tokens, and how many there are."""
+        out = engine(**model_inputs(batch, dtype, t["attention"]))
+        return out.loss, int((batch["labels"][:, 1:] != -100).sum())
+
+    def validate() -> float | None:
+        if val_shard is None:
+            return None
+        engine.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for batch in batches(val_shard):
+                loss, targets = forward(batch)
+                total, count = total + loss.item() * targets, count + targets
+        engine.train()
+        return _mean_across_ranks(total, count, device)
+
+    storage = Storage(cfg["output"])
+    history: list[dict[str, Any]] = []
+    if rank == 0 and storage.exists(cfg["metrics_path"]):  # earlier attempts of this run
+        history = [json.loads(line) for line in
+                   storage.read_text(cfg["metrics_path"]).splitlines() if line]
+
+    def log_metrics(metrics: dict[str, Any]) -> None:
+        """Rank 0 keeps every report in `train/{code}/metrics.jsonl` (all attempts)."""
+        if rank == 0:
+            history.append({**metrics, "time": time.time()})
+            storage.write_text(cfg["metrics_path"],
+                               "".join(json.dumps(m) + "\n" for m in history))
+
+    def save(metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": step})
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    engine.train()
+    window_loss = window_targets = window_tokens = 0.0
+    window_start = time.monotonic()
+    micro_per_epoch = cfg["steps_per_epoch"] * accum
+    done_micro = step * accum
+    for epoch in range(t["epochs"]):
+        if step >= total_steps:
+            break
+        for index, batch in enumerate(batches(train_shard)):
+            if index >= micro_per_epoch or step >= total_steps:
+                break  # every rank stops at the same step (shards may differ by a row)
+            if epoch * micro_per_epoch + index < done_micro:
+                continue  # consumed before the checkpoint we resumed from
+            loss, targets = forward(batch)
+            engine.backward(loss)  # DeepSpeed scales by 1/accumulation steps
+            engine.step()
+            window_loss += loss.item() * targets
+            window_targets += targets
+            window_tokens += batch["input_ids"].numel()
+            if not engine.is_gradient_accumulation_boundary():
+                continue
+            step += 1
+            metrics: dict[str, Any] = {"step": step, "epoch": epoch}
+            if step % t["report_every_steps"] == 0 or step == total_steps:
+                seconds = time.monotonic() - window_start
+                metrics.update(
+                    loss=_mean_across_ranks(window_loss, window_targets, device),
+                    lr=scheduler.get_last_lr()[0],
+                    tokens_per_second=_mean_across_ranks(window_tokens, 1, device) * world
+                    / max(seconds, 1e-9),
+                    params_per_rank=params_per_rank)
+                window_loss = window_targets = window_tokens = 0.0
+                window_start = time.monotonic()
+            if step % t["checkpoint_every_steps"] == 0 or step == total_steps:
+                metrics["val_loss"] = validate()
+                log_metrics(metrics)
+                save(metrics)
+            elif "loss" in metrics:
+                log_metrics(metrics)
+                ray.train.report(metrics)
+            _inject_fault(cfg, step, rank, world)
+    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 \
+        else engine.module.state_dict()
+    if rank == 0:
+        export_model(engine.module, state, cfg)

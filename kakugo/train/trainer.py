@@ -1,0 +1,191 @@
+"""Stage 5 on the driver: one language's SFT set -> tokenized, packed Ray Datasets ->
+`TorchTrainer` (DeepSpeed ZeRO-3 in every worker) -> `{output}/{flores_code}/model/`.
+
+Ray Train keeps its checkpoints under `{output}/train/train-{flores_code}/`; running the
+same job again (same output root and name) resumes from the latest one, and a finished
+language (its `train/{flores_code}/_manifest.json` with the same config hash) is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from kakugo.config import RunConfig
+from kakugo.generate.requests import fraction_of
+from kakugo.languages import Language
+from kakugo.models import ModelSource
+from kakugo.storage import Storage
+from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
+
+log = logging.getLogger("kakugo.train")
+
+PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "samples")
+# How many tokenized samples are packed together (first-fit-decreasing within a window).
+PACK_WINDOW = 2048
+CONFIG_SECTIONS = ("teacher", "student", "generation", "translation", "filters", "dataset",
+                   "training", "seed")
+
+
+class TrainingDataError(ValueError):
+    """The language's dataset cannot give a single training step as configured."""
+
+
+class TokenizeAndPack:
+    """Ray Data actor: SFT rows (messages) -> packed rows, with the student's tokenizer."""
+
+    def __init__(self, student_path: str, cutoff_len: int, packing: bool):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(student_path)
+        self.cutoff_len, self.packing = cutoff_len, packing
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        samples = []
+        for messages in batch["messages"]:
+            turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+            sample = tokenize_conversation(turns, self.tokenizer, self.cutoff_len)
+            if sample is not None:
+                samples.append(sample)
+        if self.packing:
+            rows = list(pack(samples, self.cutoff_len))
+        else:
+            rows = [{**s, "position_ids": list(range(len(s["input_ids"]))), "samples": 1}
+                    for s in samples]
+        return pd.DataFrame.from_records(rows, columns=list(PACKED_COLUMNS))
+
+
+def is_validation(row_id: str, fraction: float, seed: int) -> bool:
+    return fraction_of(row_id, ("validation", seed)) < fraction
+
+
+def prepare_data(config: RunConfig, lang: Language, storage: Storage, student_path: str):
+    """(train, validation) packed Ray Datasets, materialized in the object store."""
+    import ray
+
+    t = config.training
+    rows = ray.data.read_parquet(storage.path(f"{lang.flores_code}/dataset/data"),
+                                 filesystem=storage.fs)
+    fraction, seed = t.validation_fraction, config.seed
+
+    def packed(dataset):
+        return dataset.map_batches(
+            TokenizeAndPack, fn_constructor_args=(student_path, t.cutoff_len, t.packing),
+            batch_size=PACK_WINDOW, batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5).materialize()
+
+    train = packed(rows.filter(lambda r: not is_validation(r["id"], fraction, seed)))
+    validation = packed(rows.filter(lambda r: is_validation(r["id"], fraction, seed)))
+    return train, validation
+
+
+def plan_steps(train_rows: int, config: RunConfig) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps): every worker takes the same number."""
+    t = config.training
+    per_step = t.num_workers * t.micro_batch_size * t.gradient_accumulation_steps
+    per_epoch = train_rows // per_step
+    if per_epoch == 0:
+        raise TrainingDataError(
+            f"{train_rows} packed training rows cannot fill one optimizer step of "
+            f"{per_step} rows (training.num_workers x micro_batch_size x "
+            "gradient_accumulation_steps); lower them or generate more data")
+    total = per_epoch * t.epochs
+    return per_epoch, min(total, t.max_steps) if t.max_steps else total
+
+
+def model_name(config: RunConfig, lang: Language) -> str:
+    return config.student.tuned_name_template.format(iso639_3=lang.iso639_3, tag=lang.tag,
+                                                     flores_code=lang.flores_code)
+
+
+def train_language(config: RunConfig, lang: Language, storage: Storage, *,
+                   fail_at_step: int | None = None, fault_marker: str | None = None
+                   ) -> dict[str, Any]:
+    """Train (or resume, or skip when done) the student for one language."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    code = lang.flores_code
+    manifest_path = f"train/{code}/_manifest.json"
+    digest = config.digest(*CONFIG_SECTIONS)
+    previous = storage.read_json(manifest_path, default=None)
+    if previous and previous.get("config_hash") == digest:
+        log.info("train/%s: done earlier, skipped", code)
+        return {"skipped": True, **previous}
+    if previous:  # finished under another config: its checkpoints must not be resumed
+        storage.delete(f"train/{code}")
+        storage.delete(f"train/train-{code}")
+
+    t = config.training
+    started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    student_path = ModelSource.parse(config.student.model).materialize()
+    train, validation = prepare_data(config, lang, storage, student_path)
+    train_rows = train.count()
+    per_epoch, total_steps = plan_steps(train_rows, config)
+    efficiency = packing_efficiency(train.select_columns(["input_ids"]).take_all(),
+                                    t.cutoff_len)
+    log.info("train/%s: %d packed rows (packing efficiency %.2f), %d validation rows, "
+             "%d steps on %d workers", code, train_rows, efficiency, validation.count(),
+             total_steps, t.num_workers)
+    loop_config = {
+        "training": t.model_dump(mode="json"),
+        "student_path": student_path,
+        "student_model": config.student.model,
+        "language": {**asdict(lang), "tag": lang.tag},
+        "model_name": model_name(config, lang),
+        "output": config.output,
+        "model_folder": f"{code}/model",
+        "metrics_path": f"train/{code}/metrics.jsonl",
+        "train_rows": train_rows,
+        "steps_per_epoch": per_epoch,
+        "total_steps": total_steps,
+        "fail_at_step": fail_at_step,
+        "fault_marker": fault_marker,
+    }
+    from kakugo.train.loop import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
+            placement_strategy=t.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        datasets={"train": train, "validation": validation},
+        run_config=ray.train.RunConfig(
+            name=f"train-{code}", storage_path=storage.path("train"),
+            storage_filesystem=storage.fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+    )
+    result = trainer.fit()
+    wall = time.monotonic() - started
+    devices = t.num_workers
+    manifest = {
+        "language": code, "config_hash": digest, "started": started_at,
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(wall, 2), "worker_seconds": round(wall * devices, 2),
+        "accelerator": "gpu" if t.use_gpu else "cpu",
+        "train_rows": train_rows, "validation_rows": validation.count(),
+        "packing_efficiency": round(efficiency, 4), "total_steps": total_steps,
+        "metrics": result.metrics,
+        "history": [json.loads(line) for line in
+                    storage.read_text(f"train/{code}/metrics.jsonl").splitlines() if line],
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": storage.uri(f"{code}/model"),
+    }
+    storage.write_json(manifest_path, manifest)
+    log.info("train/%s: finished in %.0f s: %s", code, wall, result.metrics)
+    return manifest
+
+
+def train(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
+    """Train every language of the batch, one after another."""
+    return {lang.flores_code: train_language(config, lang, storage) for lang in languages}

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from kakugo.models import build_embedded
+from kakugo.train.data import (
+    IGNORE_INDEX,
+    collate,
+    model_inputs,
+    pack,
+    packed_attention,
+    packing_efficiency,
+    tokenize_conversation,
+)
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Ciamar a tha thu?"},
+    {"role": "assistant", "content": "Tha gu math."},
+    {"role": "user", "content": "Agus thusa?"},
+    {"role": "assistant", "content": "Glè mhath, tapadh leat."},
+]
+
+
+@pytest.fixture(scope="module")
+def student():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_embedded("tiny-granite")
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_only_assistant_tokens_are_labels(student):
+    tokenizer, _ = student
+    sample = tokenize_conversation(CONVERSATION, tokenizer, 512)
+    labelled = [i for i, label in zip(sample["input_ids"], sample["labels"], strict=True)
+                if label != IGNORE_INDEX]
+    text = tokenizer.decode(labelled)
+    assert "Tha gu math." in text and "Glè mhath, tapadh leat." in text
+    assert "Ciamar" not in text and "Agus" not in text and "Be brief" not in text
+    assert text.count(tokenizer.eos_token) == 2  # each turn learns to end
+    # every labelled token equals its input token
+    assert all(label in (IGNORE_INDEX, i) for i, label in zip(sample["input_ids"],
+                                                               sample["labels"], strict=True))
+
+
+def test_truncation_keeps_what_fits_and_drops_samples_with_no_answer(student):
+    tokenizer, _ = student
+    full = tokenize_conversation(CONVERSATION, tokenizer, 512)
+    short = tokenize_conversation(CONVERSATION, tokenizer, 30)
+    assert len(short["input_ids"]) == 30 and short["input_ids"] == full["input_ids"][:30]
+    assert tokenize_conversation(CONVERSATION, tokenizer, 8) is None
+
+
+def test_packing_restarts_positions_and_reports_efficiency():
+    samples = [{"input_ids": [1] * n, "labels": [IGNORE_INDEX] + [1] * (n - 1)}
+               for n in (6, 5, 4, 3, 2)]
+    rows = list(pack(samples, 10))
+    assert sorted(len(r["input_ids"]) for r in rows) == [10, 10]  # 6+4 and 5+3+2
+    assert sum(r["samples"] for r in rows) == 5
+    six = next(r for r in rows if r["samples"] == 2)
+    assert six["position_ids"] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert packing_efficiency(rows, 10) == 1.0
+    assert packing_efficiency(list(pack(samples[:1], 10)), 10) == 0.6
+
+
+def test_packed_and_unpacked_losses_are_equal(student):
+    """No attention or position leakage: the summed token loss of samples packed into one
+    row equals the sum over the samples run one by one."""
+    tokenizer, model = student
+    model.eval()
+    conversations = [CONVERSATION, CONVERSATION[:3],
+                     [{"role": "user", "content": "Dè an t-àm a th' ann?"},
+                      {"role": "assistant", "content": "Tha e trì uairean."}]]
+    samples = [tokenize_conversation(c, tokenizer, 512) for c in conversations]
+
+    def summed_loss(rows, mask=True):
+        batch = collate(rows, tokenizer.pad_token_id)
+        inputs = model_inputs(batch, torch.float32, "sdpa") if mask else batch
+        with torch.no_grad():
+            logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                           attention_mask=inputs.get("attention_mask")).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum").item()
+
+    separate = sum(summed_loss([{**s, "position_ids": list(range(len(s["input_ids"])))}])
+                   for s in samples)
+    packed = list(pack(samples, 512))
+    assert len(packed) == 1
+    assert summed_loss(packed) == pytest.approx(separate, rel=1e-4)
+    # without the block mask the samples see each other and the loss differs
+    assert summed_loss(packed, mask=False) != pytest.approx(separate, rel=1e-4)
+
+
+def test_flash_attention_gets_sequence_boundaries():
+    positions = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 0, 0]])
+    kwargs = packed_attention(positions.reshape(1, -1), torch.bfloat16, "flash_attention_2")
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 8, 9, 10]
+    assert kwargs["max_length_q"] == 3
+    mask = packed_attention(positions[:1], torch.float32, "sdpa")["attention_mask"][0, 0]
+    allowed = (mask == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                       [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
