@@ -84,6 +84,7 @@ def _inject_fault(cfg: dict[str, Any], step: int, rank: int, world: int) -> None
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import deepspeed
+    import ray
     import ray.train
     import torch
     from ray.train import Checkpoint
@@ -122,6 +123,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                        for p in engine.module.parameters())
     params_per_rank: list[int] = [0] * world
     torch.distributed.all_gather_object(params_per_rank, local_params)
+    nodes_per_rank: list[str] = [""] * world
+    torch.distributed.all_gather_object(nodes_per_rank, ray.get_runtime_context().get_node_id())
     print(f"[kakugo.train] rank {rank}/{world}: {local_params} parameters held locally")
 
     step = 0
@@ -209,7 +212,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     lr=scheduler.get_last_lr()[0],
                     tokens_per_second=_mean_across_ranks(window_tokens, 1, device) * world
                     / max(seconds, 1e-9),
-                    params_per_rank=params_per_rank)
+                    params_per_rank=params_per_rank, nodes_per_rank=nodes_per_rank)
                 window_loss = window_targets = window_tokens = 0.0
                 window_start = time.monotonic()
             if step % t["checkpoint_every_steps"] == 0 or step == total_steps:

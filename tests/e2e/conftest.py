@@ -1,0 +1,65 @@
+"""A two-node Ray cluster on this machine, started the way users start one: a head with
+`ray start --head` and a second node joined with `ray start --address=...`, each in its
+own process group and stopped through it (never a machine-wide `ray stop`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def ray_env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1"}
+
+
+def _alive_nodes(address: str) -> int:
+    status = subprocess.run([RAY, "status", f"--address={address}"], env=ray_env(),
+                            capture_output=True, text=True, check=False)
+    return status.stdout.count(" node_") if status.returncode == 0 else 0
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(s3_server, tmp_path_factory):
+    """RAY_ADDRESS of a head + one more node (4 logical CPUs each). Started after the S3
+    server so that every worker process sees its endpoint and test credentials."""
+    logs = tmp_path_factory.mktemp("ray-nodes")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=4"]
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+         f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-', dir='/tmp')}", *common],
+        stdout=(logs / "head.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True, env=ray_env())
+    nodes = [head]
+    try:
+        for _ in range(90):
+            if _alive_nodes(address) >= 1:
+                break
+            time.sleep(2)
+        nodes.append(subprocess.Popen(
+            [RAY, "start", f"--address={address}", *common],
+            stdout=(logs / "node.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True, env=ray_env()))
+        for _ in range(90):
+            if _alive_nodes(address) >= 2:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the second Ray node did not join: " + (logs / "node.log").read_text())
+        yield address
+    finally:
+        for proc in reversed(nodes):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=120)
