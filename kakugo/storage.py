@@ -58,7 +58,9 @@ class Storage:
     """A root folder; every path below is relative to it, with '/' separators."""
 
     def __init__(self, root: str):
-        self.root = root.rstrip("/") if root.startswith("s3://") else str(Path(root).expanduser())
+        # local roots are made absolute: workers on other processes/nodes resolve them too
+        self.root = root.rstrip("/") if root.startswith("s3://") else \
+            str(Path(root).expanduser().resolve())
         self.fs, self.base = filesystem_for(root)
         self.is_s3 = isinstance(self.fs, pafs.S3FileSystem)
 

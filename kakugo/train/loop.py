@@ -59,13 +59,14 @@ def lr_lambda(kind: str, warmup: int, total: int):
     return factor
 
 
-def _mean_across_ranks(total: float, count: float, device) -> float:
+def _mean_across_ranks(total: float, count: float, device) -> float | None:
+    """sum(total) / sum(count) over all ranks; None when no rank counted anything."""
     import torch
     import torch.distributed as dist
 
     buf = torch.tensor([total, count], dtype=torch.float64, device=device)
     dist.all_reduce(buf)
-    return (buf[0] / buf[1].clamp(min=1)).item()
+    return (buf[0] / buf[1]).item() if buf[1] > 0 else None
 
 
 def _inject_fault(cfg: dict[str, Any], step: int, rank: int, world: int) -> None:
@@ -157,8 +158,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             return None
         engine.eval()
         total = count = 0.0
-        with torch.no_grad():
-            for batch in batches(val_shard):
+        with torch.no_grad():  # every rank reads the whole set and scores its share
+            for index, batch in enumerate(batches(val_shard)):
+                if index % world != rank:
+                    continue
                 loss, targets = forward(batch)
                 total, count = total + loss.item() * targets, count + targets
         engine.train()
@@ -210,8 +213,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 metrics.update(
                     loss=_mean_across_ranks(window_loss, window_targets, device),
                     lr=scheduler.get_last_lr()[0],
-                    tokens_per_second=_mean_across_ranks(window_tokens, 1, device) * world
-                    / max(seconds, 1e-9),
+                    tokens_per_second=(_mean_across_ranks(window_tokens, 1, device) or 0)
+                    * world / max(seconds, 1e-9),
                     params_per_rank=params_per_rank, nodes_per_rank=nodes_per_rank)
                 window_loss = window_targets = window_tokens = 0.0
                 window_start = time.monotonic()

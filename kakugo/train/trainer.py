@@ -139,7 +139,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "student_model": config.student.model,
         "language": {**asdict(lang), "tag": lang.tag},
         "model_name": model_name(config, lang),
-        "output": config.output,
+        "output": storage.root,  # absolute: workers do not share the driver's cwd
         "model_folder": f"{code}/model",
         "metrics_path": f"train/{code}/metrics.jsonl",
         "train_rows": train_rows,
@@ -159,6 +159,8 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
             placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets={"train": train, "validation": validation},
+        # train is split evenly; every worker reads all of validation and scores its share
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=f"train-{code}", storage_path=storage.path("train"),
             storage_filesystem=storage.fs,

@@ -62,4 +62,8 @@ def two_node_cluster(s3_server, tmp_path_factory):
     finally:
         for proc in reversed(nodes):
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # what it started is in its process group
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)

@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "filters.basic=annotate", "filters.min_rows_per_language=2",
              "training.placement_strategy=STRICT_SPREAD", "training.max_steps=4",
-             "training.checkpoint_every_steps=2"]
+             "training.checkpoint_every_steps=2",
+             # short list items: a random model's list replies then always finish, so
+             # every context text yields a prompt (and a decontamination reject)
+             "teacher.sampling.list_item_max_chars=60"]
 STEPS = GenerationStage.steps
 LANGS = ("gla_Latn",)
 
