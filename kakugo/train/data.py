@@ -80,10 +80,9 @@ def pack(samples: Iterable[dict[str, list[int]]], cutoff_len: int) -> Iterator[d
         }
 
 
-def packing_efficiency(rows: Iterable[dict[str, Any]], cutoff_len: int) -> float:
+def packing_efficiency(tokens: int, rows: int, cutoff_len: int) -> float:
     """Share of the packed rows' token slots (rows x cutoff_len) holding real tokens."""
-    lengths = [len(r["input_ids"]) for r in rows]
-    return sum(lengths) / (len(lengths) * cutoff_len) if lengths else 0.0
+    return tokens / (rows * cutoff_len) if rows else 0.0
 
 
 def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:

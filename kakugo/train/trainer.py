@@ -61,6 +61,10 @@ class TokenizeAndPack:
         return pd.DataFrame.from_records(rows, columns=list(PACKED_COLUMNS))
 
 
+def _row_lengths(batch: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"tokens": [len(ids) for ids in batch["input_ids"]]})
+
+
 def is_validation(row_id: str, fraction: float, seed: int) -> bool:
     return fraction_of(row_id, ("validation", seed)) < fraction
 
@@ -128,8 +132,8 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     train, validation = prepare_data(config, lang, storage, student_path)
     train_rows = train.count()
     per_epoch, total_steps = plan_steps(train_rows, config)
-    efficiency = packing_efficiency(train.select_columns(["input_ids"]).take_all(),
-                                    t.cutoff_len)
+    tokens = train.map_batches(_row_lengths, batch_format="pandas").sum("tokens")
+    efficiency = packing_efficiency(int(tokens or 0), train_rows, t.cutoff_len)
     log.info("train/%s: %d packed rows (packing efficiency %.2f), %d validation rows, "
              "%d steps on %d workers", code, train_rows, efficiency, validation.count(),
              total_steps, t.num_workers)

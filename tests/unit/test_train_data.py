@@ -59,8 +59,8 @@ def test_packing_restarts_positions_and_reports_efficiency():
     assert sum(r["samples"] for r in rows) == 5
     six = next(r for r in rows if r["samples"] == 2)
     assert six["position_ids"] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
-    assert packing_efficiency(rows, 10) == 1.0
-    assert packing_efficiency(list(pack(samples[:1], 10)), 10) == 0.6
+    assert packing_efficiency(sum(len(r["input_ids"]) for r in rows), len(rows), 10) == 1.0
+    assert packing_efficiency(6, 1, 10) == 0.6
 
 
 def test_packed_and_unpacked_losses_are_equal(student):
