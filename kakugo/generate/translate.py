@@ -105,9 +105,9 @@ def load_source(cfg: TranslationConfig, seed: int,
     if cfg.rows == 0:
         return []
     if is_local_source(cfg.source):
-        records: Iterable[dict[str, Any]] = _local_records(cfg.source)
-        records = list(records)
-        random.Random(seed).shuffle(records)
+        local = _local_records(cfg.source)
+        random.Random(seed).shuffle(local)
+        records: Iterable[dict[str, Any]] = local
     else:
         records = _hub_records(cfg, seed)
     rows = []

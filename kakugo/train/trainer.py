@@ -130,12 +130,12 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     student_path = ModelSource.parse(config.student.model).materialize()
     train, validation = prepare_data(config, lang, storage, student_path)
-    train_rows = train.count()
+    train_rows, validation_rows = train.count(), validation.count()
     per_epoch, total_steps = plan_steps(train_rows, config)
     tokens = train.map_batches(_row_lengths, batch_format="pandas").sum("tokens")
     efficiency = packing_efficiency(int(tokens or 0), train_rows, t.cutoff_len)
     log.info("train/%s: %d packed rows (packing efficiency %.2f), %d validation rows, "
-             "%d steps on %d workers", code, train_rows, efficiency, validation.count(),
+             "%d steps on %d workers", code, train_rows, efficiency, validation_rows,
              total_steps, t.num_workers)
     loop_config = {
         "training": t.model_dump(mode="json"),
@@ -179,7 +179,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(wall, 2), "worker_seconds": round(wall * devices, 2),
         "accelerator": "gpu" if t.use_gpu else "cpu",
-        "train_rows": train_rows, "validation_rows": validation.count(),
+        "train_rows": train_rows, "validation_rows": validation_rows,
         "packing_efficiency": round(efficiency, 4), "total_steps": total_steps,
         "metrics": result.metrics,
         "history": [json.loads(line) for line in
