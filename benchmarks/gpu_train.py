@@ -25,18 +25,15 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GRANITE_MICRO = Path(__file__).resolve().parents[1] / "kakugo" / "data" / "granite-4.0-micro"
-TINY = {"hidden_size": 256, "intermediate_size": 512, "shared_intermediate_size": 512,
-        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def model_config(tiny: bool, attention: str):
-    from transformers import AutoConfig
+    from kakugo.models import TINY_GRANITE, granite_config
+    from kakugo.train.attention import TORCH_VARLEN, register
 
-    real = json.loads((GRANITE_MICRO / "config.json").read_text())
-    shape = {**real, **(TINY if tiny else {})}
-    shape["layer_types"] = ["attention"] * shape["num_hidden_layers"]
-    config = AutoConfig.for_model(**{k: v for k, v in shape.items() if k != "architectures"})
+    if attention == TORCH_VARLEN:
+        register()
+    config = granite_config(**(TINY_GRANITE if tiny else {}))
     config._attn_implementation = attention
     return config
 
@@ -119,6 +116,9 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing in both loops")
     parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--unmasked", action="store_true",
+                        help="plain causal attention over the packed row (samples see each "
+                             "other): a speed reference for what the packing mask costs")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -142,8 +142,11 @@ def main() -> None:
         return model
 
     def batch(row):
-        return {k: v.to(device) for k, v in
-                model_inputs(collate([row], 0), dtype, args.attention).items()}
+        inputs = model_inputs(collate([row], 0), dtype, args.attention)
+        if args.unmasked:
+            inputs.pop("attention_mask", None)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                for k, v in inputs.items()}
 
     # (a) the bare loop
     model = build()
@@ -196,7 +199,7 @@ def main() -> None:
         "cutoff_len": args.cutoff,
         "mean_row_tokens": round(mean_len, 1),
         "activation_checkpointing": args.checkpointing,
-        "attention": args.attention,
+        "attention": args.attention + (" causal, no packing mask" if args.unmasked else ""),
         "dtype": str(dtype).removeprefix("torch."),
         "measured_matmul_peak_tflops": round(peak / 1e12, 1),
         "bare_loop": bare,
@@ -204,7 +207,10 @@ def main() -> None:
         "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
     }
     RESULTS.mkdir(exist_ok=True)
-    name = "gpu_train.json" if gpu else "gpu_train-cpu-check.json"
+    name = ("gpu_train" + ("-checkpointing" if args.checkpointing else "")
+            + ("-unmasked" if args.unmasked else "")
+            + ("" if args.attention == "sdpa" else f"-{args.attention}")
+            + ("" if gpu else "-cpu-check") + ".json")
     (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

@@ -228,8 +228,11 @@ class TrainingConfig(Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     cutoff_len: int = Field(8000, ge=16)
     packing: bool = True
-    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="attention kernel; packed samples are kept apart in each")
+    attention: Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"] = Field(
+        "sdpa", description="attention kernel; packed samples are kept apart in each: "
+        "sdpa/eager with a block-diagonal mask (any device), flash_attention_2 (GPU, needs "
+        "flash-attn) and torch_varlen (GPU, PyTorch's flash varlen kernel) with sample "
+        "boundaries")
     gradient_checkpointing: bool = True
     validation_fraction: float = Field(0.02, ge=0, lt=1)
     report_every_steps: int = Field(10, ge=1)
@@ -237,6 +240,13 @@ class TrainingConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(3, ge=0)
     repetition_penalty: float = Field(1.05, gt=0, description="written to generation_config")
+
+    @model_validator(mode="after")
+    def _gpu_kernels(self) -> TrainingConfig:
+        if self.attention in ("flash_attention_2", "torch_varlen") and not self.use_gpu:
+            raise ValueError(f"attention {self.attention!r} runs on GPUs only (use_gpu is "
+                             "false); use 'sdpa' or 'eager' on CPU")
+        return self
 
 
 class ModelServingConfig(Strict):

@@ -155,15 +155,27 @@ TINY_GRANITE = {
 }
 
 
+def granite_config(**overrides):
+    """A Granite-4.0-Micro config (attention-only GraniteMoeHybrid) with `overrides`, e.g.
+    TINY_GRANITE; built through `for_model` so that the layer types follow the number of
+    layers in the names this transformers version uses."""
+    from transformers import AutoConfig
+
+    real = json.loads((GRANITE_MICRO_CONFIG / "config.json").read_text())
+    shape = {**real, **overrides}
+    shape["layer_types"] = ["attention"] * shape["num_hidden_layers"]
+    config = AutoConfig.for_model(**{k: v for k, v in shape.items() if k != "architectures"})
+    config.architectures = real["architectures"]
+    return config
+
+
 def _build_tiny_granite(out: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(build_embedded("smollm2-135m-instruct"))
-    real = json.loads((GRANITE_MICRO_CONFIG / "config.json").read_text())
-    shape = {**real, **TINY_GRANITE}
-    shape["layer_types"] = ["attention"] * shape["num_hidden_layers"]
-    shape.update(
+    config = granite_config(
+        **TINY_GRANITE,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -172,8 +184,6 @@ def _build_tiny_granite(out: Path) -> None:
         else tokenizer.eos_token_id,
         torch_dtype="float32",
     )
-    config = AutoConfig.for_model(**{k: v for k, v in shape.items() if k != "architectures"})
-    config.architectures = real["architectures"]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out, safe_serialization=True)

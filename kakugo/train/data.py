@@ -8,7 +8,8 @@ tokenizer's offsets, so no token boundary is guessed.
 Packing concatenates samples into rows of at most `cutoff_len` tokens with position ids
 restarting at 0 for every sample. `packed_attention` turns those position ids into what
 the attention kernel needs so that packed samples never attend to each other: sequence
-boundaries (cu_seq_lens) for flash-attention's varlen path on GPU, else a block-diagonal
+boundaries (cu_seq_lens) for the varlen kernels on GPU (`flash_attention_2`, or
+`torch_varlen` from kakugo.train.attention), else a block-diagonal
 causal 4D mask (not every model derives one from position ids: GraniteMoeHybrid does
 not). The first token of a sample is never a label, so no loss term crosses a boundary.
 """
@@ -98,15 +99,19 @@ def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             "position_ids": padded("position_ids", 0)}
 
 
+def is_varlen(implementation: str) -> bool:
+    """Kernels that take sample boundaries (cu_seq_lens) over one flattened row."""
+    return implementation.startswith("flash_attention") or implementation == "torch_varlen"
+
+
 def packed_attention(position_ids, dtype, implementation: str) -> dict[str, Any]:
     """Model kwargs that keep the packed samples of each row apart (see module doc).
 
-    For flash attention the batch must be flattened to one row: pass
-    `flatten(batch)` inputs.
+    For the varlen kernels the batch must be flattened to one row (`model_inputs` does).
     """
     import torch
 
-    if implementation.startswith("flash_attention"):
+    if is_varlen(implementation):
         flat = position_ids.reshape(-1)
         starts = (flat == 0).nonzero().reshape(-1)
         bounds = torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)])
@@ -124,7 +129,7 @@ def packed_attention(position_ids, dtype, implementation: str) -> dict[str, Any]
 
 
 def model_inputs(batch: dict[str, Any], dtype, implementation: str) -> dict[str, Any]:
-    """Forward kwargs for a collated micro-batch of packed rows (flattened for flash)."""
-    if implementation.startswith("flash_attention"):
+    """Forward kwargs for a collated micro-batch of packed rows (flattened for varlen)."""
+    if is_varlen(implementation):
         batch = {k: v.reshape(1, -1) for k, v in batch.items()}
     return {**batch, **packed_attention(batch["position_ids"], dtype, implementation)}

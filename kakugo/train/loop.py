@@ -23,6 +23,8 @@ import time
 from typing import Any
 
 from kakugo.storage import Storage
+from kakugo.train.attention import TORCH_VARLEN
+from kakugo.train.attention import register as register_varlen
 
 CHECKPOINT_TAG = "step"
 
@@ -106,6 +108,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     ds_config = deepspeed_config(t, use_gpu)
     dtype = torch.bfloat16 if t["precision"] == "bf16" else torch.float32
+    if t["attention"] == TORCH_VARLEN:
+        register_varlen()
     keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - from_pretrained reads it (ZeRO-3)
     model = AutoModelForCausalLM.from_pretrained(cfg["student_path"], dtype=dtype,
                                                  attn_implementation=t["attention"])

@@ -7,12 +7,11 @@ pytestmark = pytest.mark.gpu
 
 
 def test_granite_shaped_student_trains_in_bf16_on_cuda():
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from kakugo.models import GRANITE_MICRO_CONFIG, TINY_GRANITE
+    from kakugo.models import TINY_GRANITE, granite_config
 
-    config = AutoConfig.from_pretrained(GRANITE_MICRO_CONFIG, **TINY_GRANITE,
-                                        layer_types=["attention"] * TINY_GRANITE["num_hidden_layers"])
+    config = granite_config(**TINY_GRANITE, use_cache=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     batch = torch.randint(0, 1000, (2, 128), device="cuda")
@@ -23,28 +22,32 @@ def test_granite_shaped_student_trains_in_bf16_on_cuda():
         optim.step()
         optim.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] * 0.5
+    assert losses[-1] < losses[0] - 1.0  # ~2 nats in 20 steps on CPU fp32
 
 
-def test_packed_rows_match_separate_samples_in_bf16_on_cuda():
-    """Our packing and masking on the GPU path: summed loss of a packed row equals the
+@pytest.mark.parametrize("attention", ["sdpa", "torch_varlen"])
+def test_packed_rows_match_separate_samples_in_bf16_on_cuda(attention):
+    """Our packing and masking on the GPU paths: summed loss of a packed row equals the
     samples run one by one (bf16 tolerance)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from kakugo.models import GRANITE_MICRO_CONFIG, TINY_GRANITE
+    from kakugo.models import TINY_GRANITE, granite_config
+    from kakugo.train.attention import register
     from kakugo.train.data import IGNORE_INDEX, collate, model_inputs, pack
 
-    config = AutoConfig.from_pretrained(GRANITE_MICRO_CONFIG, **TINY_GRANITE,
-                                        layer_types=["attention"] * TINY_GRANITE["num_hidden_layers"])
+    register()
+
+    config = granite_config(**TINY_GRANITE, use_cache=False)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                             attn_implementation=attention).cuda().eval()
     samples = [{"input_ids": ids, "labels": [IGNORE_INDEX] * 5 + ids[5:]}
                for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
 
     def summed(rows):
         batch = {k: v.cuda() for k, v in collate(rows, 0).items()}
         with torch.no_grad():
-            logits = model(**{k: v for k, v in model_inputs(batch, torch.bfloat16, "sdpa").items()
+            logits = model(**{k: v for k, v in model_inputs(batch, torch.bfloat16, attention).items()
                               if k != "labels"}).logits.float()
         return torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),

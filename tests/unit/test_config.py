@@ -86,6 +86,12 @@ def test_cross_field_rule_is_reported():
         load_config(None, ["generation.topics.min_prompts_per_topic=4"])
 
 
+def test_gpu_only_attention_kernels_are_refused_on_cpu():
+    with pytest.raises(ConfigError, match="'torch_varlen' runs on GPUs only"):
+        load_config(None, ["training.use_gpu=false", "training.attention=torch_varlen"])
+    assert load_config(None, ["training.attention=torch_varlen"]).training.use_gpu
+
+
 def test_malformed_yaml_and_wrong_top_level(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher: [unclosed\n")
