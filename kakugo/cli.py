@@ -1,4 +1,4 @@
-"""`kakugo` command line: run | generate | train | languages | models | config."""
+"""`kakugo` command line: run | generate | train | serve | languages | models | config."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from kakugo.languages import (
 )
 from kakugo.models import EMBEDDED, ModelError, build_embedded
 from kakugo.run import RunConflictError, distill_batch
+from kakugo.serve import ServeConfigError
 from kakugo.storage import StorageError
 from kakugo.train.trainer import TrainingDataError
 
@@ -120,13 +121,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return distill_batch(_config_from(args), restart=args.restart, stages=("train",))
 
 
-def _add_batch_args(p: argparse.ArgumentParser) -> None:
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import yaml
+
+    from kakugo.run import connect_ray, resolve_languages
+    from kakugo.serve.app import deploy_config, served_models, start, stop
+    from kakugo.storage import Storage
+
+    config = _config_from(args)
+    languages = resolve_languages(config)
+    only = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    models = served_models(config, languages, Storage(config.output), only)
+    if args.deploy_config:
+        with open(args.deploy_config, "w", encoding="utf-8") as f:
+            yaml.safe_dump(deploy_config(config, models), f, sort_keys=False)
+        print(f"wrote {args.deploy_config}: serve deploy {args.deploy_config}")
+        return 0
+    connect_ray(config)
+    url = start(config, models)
+    print(f"serving {', '.join(m.name for m in models)} at {url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
+    return 0
+
+
+def _add_batch_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
     _add_config_args(p)
     p.add_argument("--languages", "--language", dest="languages",
                    help="comma-separated names/codes, or @FILE")
     p.add_argument("--output", help="output root: local path or s3://bucket/prefix")
-    p.add_argument("--restart", action="store_true",
-                   help="start over in an output root written by another config")
+    if restart:
+        p.add_argument("--restart", action="store_true",
+                       help="start over in an output root written by another config")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Ray Train + DeepSpeed ZeRO-3)")
     _add_batch_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="serve the teacher, the base student and the tuned "
+                       "students behind one OpenAI-compatible API (Ray Serve), until Ctrl-C")
+    _add_batch_args(p, restart=False)
+    p.add_argument("--models", help="comma-separated model names to serve (default: all)")
+    p.add_argument("--deploy-config", metavar="FILE",
+                   help="write a `serve deploy` config file for the same app instead")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("languages", help="resolve languages and show evaluation coverage")
     p.add_argument("items", nargs="*", help="names or codes (default: the paper's 54)")
@@ -174,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, LanguageError, ModelError, RunConflictError, ContextSourceError,
-            TranslationSourceError, FilterSetupError) as exc:
+    except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
+            ContextSourceError, TranslationSourceError, FilterSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (StorageError, DatasetTooSmallError, TrainingDataError) as exc:

@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which field and why."""
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -63,7 +66,8 @@ class TeacherConfig(Strict):
         "embedded:smollm2-135m-instruct",
         description="hub id, local dir, s3:// prefix, or embedded:NAME",
     )
-    name: str = Field("teacher", description="model name in the served API")
+    name: str = Field("teacher", pattern=MODEL_NAME_PATTERN,
+                      description="model name in the served API")
     reasoning: Literal["none", "think_tags", "gpt_oss"] = Field(
         "none", description="how the reasoning trace is separated from the answer"
     )
@@ -76,7 +80,8 @@ class StudentConfig(Strict):
     model: str = Field(
         "embedded:tiny-granite", description="hub id, local dir, s3:// prefix, or embedded:NAME"
     )
-    name: str = Field("base", description="name of the untuned student in the served API")
+    name: str = Field("base", pattern=MODEL_NAME_PATTERN,
+                      description="name of the untuned student in the served API")
     tuned_name_template: str = Field("kakugo-{iso639_3}", description="served tuned model name")
 
 

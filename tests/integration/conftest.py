@@ -1,8 +1,15 @@
-"""A session-wide local Ray cluster for tests that run real engines and workers."""
+"""Session-wide fixtures for tests that run real engines and workers: a local Ray cluster,
+a student trained on a small learnable set (Ray Train + DeepSpeed ZeRO-3, with a worker
+killed mid-run), and the Ray Serve app serving the teacher, the base and that student."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
+
+from kakugo.config import load_config
+from kakugo.languages import resolve
+from kakugo.storage import Storage
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +23,60 @@ def ray_cluster():
         yield ctx
     finally:
         ray.shutdown()
+
+
+COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
+OVERRIDES = [
+    "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
+    "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=72",
+    "training.epochs=3", "training.report_every_steps=2", "training.checkpoint_every_steps=6",
+    "training.validation_fraction=0.1", "training.keep_checkpoints=2",
+]
+
+
+def learnable_rows(n: int = 60) -> list[dict]:
+    """A set a tiny model can learn: the answer is fixed by the question."""
+    rows = []
+    for i in range(n):
+        colour = COLOURS[i % 4]
+        rows.append({"id": f"row-{i:03d}", "language": "gla_Latn", "category": "topic",
+                     "kind": "generated", "messages": [
+                         {"role": "system", "content": "Freagair."},
+                         {"role": "user", "content": f"Dath {i % 4}?"},
+                         {"role": "assistant", "content": f"Is e {colour} an dath."}]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def trained(ray_cluster, tmp_path_factory, data_dir):
+    from kakugo.train.trainer import train_language
+
+    out = tmp_path_factory.mktemp("train-run")
+    storage = Storage(str(out))
+    storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
+                          pa.Table.from_pylist(learnable_rows()))
+    config = load_config("configs/tiny-cpu.yaml", [*OVERRIDES, f"output={out}"])
+    lang = resolve("gd", data_dir)
+    marker = out / "fault-injected"
+    manifest = train_language(config, lang, storage, fail_at_step=8, fault_marker=str(marker))
+    return {"out": out, "storage": storage, "config": config, "lang": lang,
+            "manifest": manifest, "marker": marker}
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster, trained):
+    """The app of `kakugo serve` on 127.0.0.1: teacher, base student and kakugo-gla."""
+    from ray import serve
+
+    from kakugo.serve.app import served_models, start
+    from tests.conftest import free_port
+
+    config = load_config("configs/tiny-cpu.yaml", [
+        f"output={trained['out']}", 'languages=["gd"]', f"serving.port={free_port()}"])
+    models = served_models(config, [trained["lang"]], trained["storage"])
+    url = start(config, models)
+    try:
+        yield {"url": url, "config": config, "models": {m.name: m for m in models},
+               "tuned_dir": trained["out"] / "gla_Latn" / "model"}
+    finally:
+        serve.shutdown()

