@@ -1,4 +1,4 @@
-"""`kakugo` command line: run | generate | train | serve | languages | models | config."""
+"""`kakugo` command line: run | generate | train | evaluate | serve | languages | models | config."""
 
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return distill_batch(_config_from(args), restart=args.restart, stages=("train",))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.url:
+        args.overrides.append(f"evaluation.url={json.dumps(args.url)}")
+    return distill_batch(_config_from(args), restart=args.restart, stages=("evaluate",))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
@@ -179,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Ray Train + DeepSpeed ZeRO-3)")
     _add_batch_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score the base and the tuned student of each "
+                       "language with lm-eval (SIB-200, FLORES chrF++, Belebele, Global-MMLU)")
+    _add_batch_args(p)
+    p.add_argument("--url", help="an OpenAI-compatible endpoint (…/v1) already serving the "
+                   "students (default: start the run's Serve app)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve the teacher, the base student and the tuned "
                        "students behind one OpenAI-compatible API (Ray Serve), until Ctrl-C")

@@ -294,7 +294,12 @@ class EvaluationConfig(Strict):
         None, description="local evaluation data; defaults to $KAKUGO_DATA_DIR, else the hub"
     )
     max_gen_tokens: int = Field(256, ge=1)
-    concurrency: int = Field(8, ge=1)
+    concurrency: int = Field(8, ge=1, description="requests in flight per model (serve backend)")
+    backend: Literal["serve", "hf"] = Field(
+        "serve", description="serve: the models over HTTP through the run's Ray Serve app; "
+        "hf: loaded in-process with transformers (quick local runs)")
+    url: str | None = Field(None, description="an already running OpenAI-compatible endpoint "
+                            "(…/v1) serving the students; default: start the run's app")
 
 
 class ClusterConfig(Strict):

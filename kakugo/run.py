@@ -90,6 +90,10 @@ def run_stage(stage: str, config: RunConfig, languages: list[Language],
         from kakugo.train.trainer import train
 
         return train(config, languages, storage)
+    if stage == "evaluate":  # base vs tuned student per language, lm-eval (stage 6)
+        from kakugo.evaluate.runner import evaluate
+
+        return evaluate(config, languages, storage)
     raise ValueError(f"unknown stage {stage!r}; implemented: {', '.join(STAGES)}")
 
 

@@ -1,0 +1,217 @@
+"""Stage 6: score the base and the tuned student of each language with lm-eval.
+
+Models are reached over HTTP through the run's Ray Serve app (`evaluation.backend: serve`:
+`local-completions` for the loglikelihood tasks, `local-chat-completions` for FLORES), or
+loaded in-process with transformers (`hf`, for quick local runs). If no endpoint is given
+the stage starts the app itself with the base and the tuned students, and stops it after.
+
+Outputs, under the run's output root:
+  eval/{flores_code}/{model}/{task}.json   lm-eval's results for one model and task
+  eval/results.csv, eval/results.md        per language and task: base, tuned, delta
+  eval/plots/{task}.png                    per-language bars of the deltas
+A finished (language, model, task) is not run again. Tasks a language has no data for are
+listed as missing with the reason, never scored as 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kakugo.config import RunConfig
+from kakugo.evaluate.taskset import EvalTask, render
+from kakugo.languages import Language
+from kakugo.models import ModelSource
+from kakugo.serve.app import tuned_model_dir, tuned_model_name
+from kakugo.storage import Storage
+
+log = logging.getLogger("kakugo.evaluate")
+
+METRICS = {"sib200": "acc", "belebele": "acc", "global_mmlu": "acc",
+           "flores_en_xx": "chrfpp", "flores_xx_en": "chrfpp"}
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    name: str     # served name
+    role: str     # "base" or "tuned"
+    path: str     # a local directory (tokenizer; the weights for the hf backend)
+
+
+def models_for(config: RunConfig, lang: Language, storage: Storage) -> list[EvalModel]:
+    models = [EvalModel(config.student.name, "base",
+                        ModelSource.parse(config.student.model).materialize())]
+    folder = tuned_model_dir(lang)
+    if storage.exists(f"{folder}/config.json"):
+        models.append(EvalModel(tuned_model_name(config, lang), "tuned",
+                                ModelSource.parse(storage.uri(folder)).materialize()))
+    return models
+
+
+def lm_eval_model(config: RunConfig, model: EvalModel, url: str | None,
+                  generation: bool) -> tuple[str, dict[str, Any]]:
+    """lm-eval model type and model_args for one model and kind of task."""
+    if config.evaluation.backend == "hf":
+        return "hf", {"pretrained": model.path, "device": "cpu", "dtype": "float32"}
+    if url is None:
+        raise ValueError("evaluation.backend 'serve' needs the endpoint's URL")
+    common = {"model": model.name, "num_concurrent": config.evaluation.concurrency,
+              "max_retries": 3, "timeout": 600}
+    if generation:
+        return "local-chat-completions", {**common, "base_url": f"{url}/chat/completions",
+                                          "tokenizer_backend": None}
+    return "local-completions", {**common, "base_url": f"{url}/completions",
+                                 "tokenizer": model.path, "tokenizer_backend": "huggingface",
+                                 "max_length": config.serving.engine.max_model_len}
+
+
+def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task_dir: Path,
+                url: str | None) -> dict[str, dict]:
+    """lm-eval on `tasks` (all loglikelihood or all generation): task name -> results."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    generation = tasks[0].generation
+    model_type, model_args = lm_eval_model(config, model, url, generation)
+    out = lm_eval.simple_evaluate(
+        model=model_type, model_args=model_args, tasks=[t.name for t in tasks],
+        num_fewshot=config.evaluation.num_fewshot, limit=config.evaluation.limit,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        apply_chat_template=generation, batch_size=1, bootstrap_iters=0, log_samples=False,
+        random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
+        fewshot_random_seed=config.seed)
+    return {t.name: {"task": t.name, "kind": t.kind, "language": t.language,
+                     "model": model.name, "role": model.role, "lm_eval_model": model_type,
+                     "num_fewshot": config.evaluation.num_fewshot,
+                     "n_samples": out["n-samples"].get(t.name),
+                     "results": out["results"][t.name],
+                     "config": json.loads(json.dumps(out["configs"][t.name], default=str))}
+            for t in tasks}
+
+
+def score(result: dict) -> float | None:
+    """The task's headline number on a 0-100 scale."""
+    metric = METRICS[result["kind"]]
+    value = result["results"].get(f"{metric},none")
+    if value is None:
+        return None
+    return round(float(value) * (100 if metric == "acc" else 1), 2)
+
+
+def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
+             url: str | None = None) -> dict:
+    """Run (or resume) the evaluation of every language; writes the table and plots."""
+    from kakugo.serve import app as serve_app
+
+    started_app = False
+    with tempfile.TemporaryDirectory(prefix="kakugo-tasks-") as tmp:
+        task_dir = Path(tmp)
+        tasks, missing = render(config, languages, task_dir)
+        plan = {lang.flores_code: models_for(config, lang, storage) for lang in languages}
+        if config.evaluation.backend == "serve" and url is None:
+            url = config.evaluation.url
+        if config.evaluation.backend == "serve" and url is None:
+            wanted = sorted({m.name for models in plan.values() for m in models})
+            served = serve_app.served_models(config, languages, storage, wanted)
+            url, started_app = serve_app.start(config, served), True
+        try:
+            for lang in languages:
+                lang_tasks = [t for t in tasks if t.language == lang.flores_code]
+                for model in plan[lang.flores_code]:
+                    todo = [t for t in lang_tasks
+                            if not storage.exists(result_path(t, model.name))]
+                    for generation in (False, True):
+                        group = [t for t in todo if t.generation is generation]
+                        if not group:
+                            continue
+                        log.info("evaluate %s / %s: %s", lang.flores_code, model.name,
+                                 ", ".join(t.kind for t in group))
+                        for name, result in run_lm_eval(config, model, group, task_dir,
+                                                        url).items():
+                            task = next(t for t in group if t.name == name)
+                            storage.write_json(result_path(task, model.name), result)
+        finally:
+            if started_app:
+                serve_app.stop()
+    table = results_table(config, languages, storage, missing)
+    write_reports(table, storage)
+    return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()}}
+
+
+def result_path(task: EvalTask, model: str) -> str:
+    return f"eval/{task.language}/{model}/{task.kind}.json"
+
+
+def results_table(config: RunConfig, languages: list[Language], storage: Storage,
+                  missing: dict[tuple[str, str], str]) -> list[dict]:
+    rows = []
+    for lang in languages:
+        tuned = tuned_model_name(config, lang)
+        for kind in config.evaluation.tasks:
+            row = {"language": lang.flores_code, "name": lang.name, "task": kind,
+                   "metric": METRICS[kind], "base": None, "tuned": None, "delta": None,
+                   "note": missing.get((lang.flores_code, kind), "")}
+            if not row["note"]:
+                for role, model in (("base", config.student.name), ("tuned", tuned)):
+                    rel = f"eval/{lang.flores_code}/{model}/{kind}.json"
+                    if storage.exists(rel):
+                        row[role] = score(storage.read_json(rel))
+                if row["tuned"] is None:
+                    row["note"] = "no tuned model"
+                if row["base"] is not None and row["tuned"] is not None:
+                    row["delta"] = round(row["tuned"] - row["base"], 2)
+            rows.append(row)
+    return rows
+
+
+def write_reports(rows: list[dict], storage: Storage) -> None:
+    columns = ["language", "name", "task", "metric", "base", "tuned", "delta", "note"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text("eval/results.csv", buf.getvalue())
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(
+            ("n/a" if row[c] is None else (f"{row[c]:+.2f}" if c == "delta" else str(row[c])))
+            for c in columns) + " |")
+    storage.write_text("eval/results.md", "\n".join(lines) + "\n")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        storage.write_bytes(f"eval/plots/{task}.png", delta_plot(
+            [r for r in rows if r["task"] == task], task))
+
+
+def delta_plot(rows: list[dict], task: str) -> bytes:
+    """Bars of tuned - base per language; languages without a delta are labelled n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rows) + 2), 3.5))
+    names = [r["language"] for r in rows]
+    deltas = [r["delta"] if r["delta"] is not None else 0.0 for r in rows]
+    colours = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
+    bars = ax.bar(names, deltas, color=colours)
+    for bar, row in zip(bars, rows, strict=True):
+        if row["delta"] is None:
+            bar.set_alpha(0)
+            ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center",
+                        va="bottom", fontsize=8, color="grey")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel(f"tuned - base ({rows[0]['metric'] if rows else ''})")
+    ax.set_title(task)
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out.getvalue()

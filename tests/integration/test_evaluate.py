@@ -1,0 +1,76 @@
+"""Stage 6 through the Serve app (lm-eval `local-completions` and `local-chat-completions`):
+SIB-200 and FLORES on the real local data for Scottish Gaelic (base and tuned) and Yoruba
+(base only: no tuned model), Belebele and Global-MMLU on fixtures in their real schemas;
+the table, plots and raw results; a rerun does no lm-eval work."""
+
+import csv
+import io
+
+import pytest
+
+from kakugo.config import load_config
+from kakugo.languages import resolve
+from tests.unit.test_evaluate_tasks import fixture_data_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+TASKS = '["sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"]'
+
+
+@pytest.fixture(scope="module")
+def evaluated(served, trained, data_dir, tmp_path_factory):
+    from kakugo.evaluate.runner import evaluate
+
+    data = fixture_data_dir(tmp_path_factory.mktemp("eval"), data_dir)
+    config = load_config("configs/tiny-cpu.yaml", [
+        f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
+        f"evaluation.tasks={TASKS}", "evaluation.limit=6", "evaluation.max_gen_tokens=24",
+        f"evaluation.url={served['url']}"])
+    langs = [resolve("gd", data), resolve("yo", data)]
+    summary = evaluate(config, langs, trained["storage"])
+    return {"config": config, "langs": langs, "summary": summary, "storage": trained["storage"]}
+
+
+def test_table_has_base_tuned_and_delta_where_both_exist(evaluated):
+    rows = {(r["language"], r["task"]): r for r in evaluated["summary"]["rows"]}
+    for task in ("sib200", "flores_en_xx", "flores_xx_en"):
+        row = rows[("gla_Latn", task)]
+        assert row["base"] is not None and row["tuned"] is not None
+        assert row["delta"] == pytest.approx(row["tuned"] - row["base"], abs=0.011)
+    assert 0 <= rows[("gla_Latn", "sib200")]["base"] <= 100
+    for task in ("sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"):
+        row = rows[("yor_Latn", task)]
+        assert row["base"] is not None and row["tuned"] is None
+        assert row["note"] == "no tuned model" and row["delta"] is None
+
+
+def test_missing_coverage_is_shown_as_missing_not_zero(evaluated):
+    storage = evaluated["storage"]
+    table = list(csv.DictReader(io.StringIO(storage.read_text("eval/results.csv"))))
+    gla_belebele = next(r for r in table if r["language"] == "gla_Latn" and r["task"] == "belebele")
+    assert gla_belebele["base"] == "" and gla_belebele["note"] == "not in Belebele"
+    markdown = storage.read_text("eval/results.md")
+    assert "| gla_Latn | Scottish Gaelic | belebele | acc | n/a | n/a | n/a | not in Belebele |" \
+        in markdown
+
+
+def test_raw_results_and_plots_are_written(evaluated):
+    storage = evaluated["storage"]
+    raw = storage.read_json("eval/gla_Latn/kakugo-gla/flores_en_xx.json")
+    assert raw["lm_eval_model"] == "local-chat-completions" and raw["num_fewshot"] == 3
+    assert "chrfpp,none" in raw["results"] and raw["n_samples"]["effective"] == 6
+    sib = storage.read_json("eval/yor_Latn/tiny-granite/sib200.json")
+    assert sib["lm_eval_model"] == "local-completions" and "acc,none" in sib["results"]
+    for task in ("sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"):
+        assert storage.read_bytes(f"eval/plots/{task}.png").startswith(b"\x89PNG")
+
+
+def test_rerun_reuses_every_finished_result(evaluated, monkeypatch):
+    from kakugo.evaluate import runner
+
+    def no_lm_eval(*args, **kwargs):
+        raise AssertionError("lm-eval ran again")
+
+    monkeypatch.setattr(runner, "run_lm_eval", no_lm_eval)
+    again = runner.evaluate(evaluated["config"], evaluated["langs"], evaluated["storage"])
+    assert again["rows"] == evaluated["summary"]["rows"]
