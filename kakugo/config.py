@@ -39,16 +39,14 @@ class EngineConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
     pipeline_parallel_size: int = Field(1, ge=1)
     cpus_per_engine: float = Field(1.0, gt=0, description="CPU bundle size when accelerator=cpu")
-    batch_size: int = Field(64, ge=1, description="rows per Ray Data batch sent to an engine")
+    batch_size: int = Field(64, ge=1, description="rows per Ray Data batch; each batch's "
+                            "requests are in flight at once")
     max_num_seqs: int = Field(256, ge=1, description="vLLM max concurrent sequences")
     max_model_len: int = Field(8192, ge=128)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enforce_eager: bool = False
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
-    tokenizer_stages: bool = Field(
-        True, description="tokenize/detokenize in their own Ray Data stages (off: in the engine)"
-    )
     extra_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 

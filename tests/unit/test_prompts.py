@@ -69,42 +69,72 @@ def test_split_reasoning(text, mode, expected):
     assert split_reasoning(text, mode) == expected
 
 
-def _postprocess_row(**engine):
+def _postprocess_row(**fields):
     from kakugo.generate.engine_pass import REQUEST_COLUMNS
 
     request = {c: "" for c in REQUEST_COLUMNS} | {"n": 2, "specific": False}
-    return request | engine
+    return request | fields
 
 
-def test_postprocess_parses_lists_and_infers_the_finish_reason():
+def _reply(text: str, finish: str = "stop", prompt: int = 7, completion: int = 12) -> dict:
+    """A chat completion response as the Serve deployment stage hands it on."""
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+
+def test_postprocess_parses_lists_and_keeps_the_finish_reason():
     from kakugo.config import load_config
     from kakugo.generate.engine_pass import Postprocess
 
-    post = Postprocess(load_config(None, ["teacher.reasoning=think_tags",
-                                          "teacher.sampling.list_max_tokens=50"]))
-    ok = post(_postprocess_row(generated_text='<think>hm</think>{"items": ["a", " b "]}',
-                               num_input_tokens=7, num_generated_tokens=12))
+    post = Postprocess(load_config(None, ["teacher.reasoning=think_tags"]))
+    ok = post(_postprocess_row(**_reply('<think>hm</think>{"items": ["a", " b "]}'),
+                               kakugo_row_id="row-1", id="chatcmpl-0"))
+    assert ok["id"] == "row-1"  # the response's id does not replace the row's
     assert (ok["items"], ok["reasoning"], ok["finish_reason"], ok["error"]) == (
         ["a", "b"], "hm", "stop", "")
-    cut = post(_postprocess_row(generated_text='{"items": ["a", "b', num_generated_tokens=50))
+    assert (ok["prompt_tokens"], ok["completion_tokens"]) == (7, 12)
+    cut = post(_postprocess_row(**_reply('{"items": ["a", "b', finish="length")))
     assert (cut["finish_reason"], cut["items"]) == ("length", [])
-    failed = post(_postprocess_row(generated_text="", __inference_error__="engine died"))
-    assert (failed["finish_reason"], failed["error"]) == ("error", "engine died")
-    raw = post(_postprocess_row(generated_text='{"items": ["a\tb", "c\nd"]}',
-                                num_generated_tokens=9))
+    failed = post(_postprocess_row(__inference_error__="ActorDiedError: engine died"))
+    assert (failed["finish_reason"], failed["error"]) == ("error", "ActorDiedError: engine died")
+    refused = post(_postprocess_row(error={"message": "prompt too long", "code": 400}))
+    assert (refused["finish_reason"], refused["error"]) == ("error", "prompt too long")
+    raw = post(_postprocess_row(**_reply('{"items": ["a\tb", "c\nd"]}')))
     assert raw["items"] == ["a\tb", "c\nd"] and raw["error"] == ""
-    bad = post(_postprocess_row(generated_text="not json", num_generated_tokens=3))
+    bad = post(_postprocess_row(**_reply("not json")))
     assert bad["error"].startswith("unparsable list reply")
+
+
+def test_preprocess_builds_one_chat_request_with_the_list_schema():
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Preprocess
+
+    config = load_config("configs/tiny-cpu.yaml", [])
+    row = _postprocess_row(system="s", user="u", n=3, max_tokens=0, schema="")
+    out = Preprocess(config)(row)
+    assert (out["method"], out["dtype"]) == ("chat", "ChatCompletionRequest")
+    request = out["request_kwargs"]
+    assert request["model"] == "smollm2-135m" and request["max_tokens"] == 384
+    assert request["messages"] == [{"role": "system", "content": "s"},
+                                   {"role": "user", "content": "u"}]
+    schema = json.loads(request["structured_outputs"]["json"])
+    assert schema["properties"]["items"]["minItems"] == 3
+    free = Preprocess(config)(_postprocess_row(system="s", user="u", n=0, max_tokens=0,
+                                               schema=""))
+    assert free["request_kwargs"]["structured_outputs"] is None
+    assert free["request_kwargs"]["max_tokens"] == 96
 
 
 def test_gpt_oss_teacher_keeps_channel_tokens_and_passes_reasoning_effort():
     from kakugo.config import load_config
     from kakugo.generate.engine_pass import Preprocess, teacher_template_kwargs
 
-    request = _postprocess_row(system="s", user="u", n=0)
+    request = _postprocess_row(system="s", user="u", n=0, max_tokens=0, schema="")
     oss = load_config(None, ["teacher.reasoning=gpt_oss", "teacher.reasoning_effort=high"])
-    assert Preprocess(oss)(request)["sampling_params"]["skip_special_tokens"] is False
+    sent = Preprocess(oss)(request)["request_kwargs"]
+    assert sent["skip_special_tokens"] is False
+    assert sent["chat_template_kwargs"] == {"reasoning_effort": "high"}
     assert teacher_template_kwargs(oss) == {"reasoning_effort": "high"}
-    plain = load_config(None, [])
-    assert "skip_special_tokens" not in Preprocess(plain)(request)["sampling_params"]
-    assert teacher_template_kwargs(plain) is None
+    plain = Preprocess(load_config(None, []))(request)["request_kwargs"]
+    assert plain["skip_special_tokens"] is True and plain["chat_template_kwargs"] is None

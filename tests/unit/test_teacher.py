@@ -1,5 +1,5 @@
 from kakugo.config import EngineConfig
-from kakugo.teacher import engine_env, engine_kwargs, placement_bundles, processor_config
+from kakugo.teacher import engine_env, engine_kwargs, placement_bundles
 
 
 def test_gpu_engine_takes_one_gpu_bundle_per_tensor_parallel_rank():
@@ -10,10 +10,6 @@ def test_gpu_engine_takes_one_gpu_bundle_per_tensor_parallel_rank():
     assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) \
         == (2, 0.85, 7)
     assert engine_env(engine) == {}
-    config = processor_config("/models/teacher", engine,
-                              chat_template_kwargs={"reasoning_effort": "medium"})
-    assert config.concurrency == 3
-    assert config.chat_template_stage == {"chat_template_kwargs": {"reasoning_effort": "medium"}}
 
 
 def test_cpu_engine_uses_cpu_bundles_and_light_side_stages():
@@ -25,5 +21,3 @@ def test_cpu_engine_uses_cpu_bundles_and_light_side_stages():
     assert "gpu_memory_utilization" not in kwargs and "seed" not in kwargs
     assert kwargs["max_num_batched_tokens"] == 1024
     assert engine_env(engine) == {"VLLM_CPU_KVCACHE_SPACE": "3"}
-    config = processor_config("/models/teacher", engine)
-    assert config.chat_template_stage == {"num_cpus": 0.25}
