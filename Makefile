@@ -13,7 +13,7 @@ demo: setup
 	KAKUGO_VENV=$(VENV) scripts/demo.sh
 
 test: setup
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests --durations=15
 
 lint:
 	$(VENV)/bin/ruff check kakugo tests jobs benchmarks

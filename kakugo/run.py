@@ -21,8 +21,8 @@ log = logging.getLogger("kakugo.run")
 
 RUN_MANIFEST = "run.json"
 # In pipeline order; a stage is listed here once it is implemented.
-STAGES: tuple[str, ...] = ("generate", "dataset", "train")
-PLANNED_STAGES = ("generate", "dataset", "train", "serve", "evaluate", "report")
+STAGES: tuple[str, ...] = ("generate", "dataset", "train", "evaluate")
+PLANNED_STAGES = ("generate", "dataset", "train", "evaluate", "report")
 
 
 class RunConflictError(RuntimeError):

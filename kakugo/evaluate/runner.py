@@ -109,14 +109,16 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
     """Run (or resume) the evaluation of every language; writes the table and plots."""
     from kakugo.serve import app as serve_app
 
-    started_app = False
+    started_app, ran = False, False
     with tempfile.TemporaryDirectory(prefix="kakugo-tasks-") as tmp:
         task_dir = Path(tmp)
         tasks, missing = render(config, languages, task_dir)
         plan = {lang.flores_code: models_for(config, lang, storage) for lang in languages}
         if config.evaluation.backend == "serve" and url is None:
             url = config.evaluation.url
-        if config.evaluation.backend == "serve" and url is None:
+        pending = any(not storage.exists(result_path(t, m.name))
+                      for t in tasks for m in plan[t.language])
+        if config.evaluation.backend == "serve" and url is None and pending:
             wanted = sorted({m.name for models in plan.values() for m in models})
             served = serve_app.served_models(config, languages, storage, wanted)
             url, started_app = serve_app.start(config, served), True
@@ -132,6 +134,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                             continue
                         log.info("evaluate %s / %s: %s", lang.flores_code, model.name,
                                  ", ".join(t.kind for t in group))
+                        ran = True
                         for name, result in run_lm_eval(config, model, group, task_dir,
                                                         url).items():
                             task = next(t for t in group if t.name == name)
@@ -140,7 +143,8 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
             if started_app:
                 serve_app.stop()
     table = results_table(config, languages, storage, missing)
-    write_reports(table, storage)
+    if ran or not storage.exists("eval/results.csv"):
+        write_reports(table, storage)
     return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()}}
 
 

@@ -184,7 +184,31 @@ def start(config: RunConfig, models: list[ServedModel]) -> str:
     log.info("serving %s", ", ".join(f"{m.name} ({m.role})" for m in models))
     serve.run(build_openai_app(serving_args(config, models)), name=APP_NAME, route_prefix="/",
               blocking=False)
-    return base_url(config)
+    url = base_url(config)
+    check_reachable(url)
+    return url
+
+
+def check_reachable(url: str, timeout: float = 30) -> None:
+    """The deployed app answers at `url`; else a clear error (Serve was already running on
+    this cluster with another host/port, whose proxy the config cannot change)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServeConfigError(
+                f"the app is deployed but nothing answers at {url}: Ray Serve is probably "
+                "already running on this cluster with other HTTP options (serving.host/port "
+                "apply only when kakugo starts Serve); use that address or `serve shutdown`")
+        time.sleep(1)
 
 
 def stop() -> None:

@@ -10,6 +10,8 @@ basic filter only annotates here. The embedded SmolLM2 teacher itself is exercis
 tests/integration/test_engine_pass.py and by `make demo`.
 """
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -32,7 +34,11 @@ OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "training.checkpoint_every_steps=2",
              # short list items: a random model's list replies then always finish, so
              # every context text yields a prompt (and a decontamination reject)
-             "teacher.sampling.list_item_max_chars=60"]
+             "teacher.sampling.list_item_max_chars=60",
+             # evaluation in-process and short: the Serve path of evaluation is covered by
+             # tests/integration/test_evaluate.py
+             "evaluation.backend=hf", 'evaluation.tasks=["sib200", "flores_en_xx"]',
+             "evaluation.limit=4", "evaluation.max_gen_tokens=16"]
 STEPS = GenerationStage.steps
 LANGS = ("gla_Latn",)
 
@@ -127,6 +133,21 @@ def test_rows_are_labelled_and_finished_list_replies_parse(run):
             assert row["context"] and row["user"].startswith(row["context"])
 
 
+def test_the_teacher_is_deployed_once_for_all_engine_passes(run):
+    assert run["proc"].stderr.count("teacher smollm2-135m ready") == 1
+
+
+def test_base_and_tuned_student_are_evaluated(run):
+    storage = run["storage"]
+    table = {r["task"]: r for r in csv.DictReader(io.StringIO(storage.read_text("eval/results.csv")))}
+    assert set(table) == {"sib200", "flores_en_xx"}
+    for row in table.values():
+        assert row["base"] != "" and row["tuned"] != "" and row["delta"] != ""
+    raw = storage.read_json("eval/gla_Latn/kakugo-gla/sib200.json")
+    assert raw["lm_eval_model"] == "hf" and raw["n_samples"]["effective"] == 4
+    assert storage.read_bytes("eval/plots/sib200.png").startswith(b"\x89PNG")
+
+
 def test_manifests_record_tokens_and_engine_seconds(run):
     config = load_config("configs/tiny-cpu.yaml", OVERRIDES)
     for step in STEPS:
@@ -151,7 +172,8 @@ def test_rerun_does_no_engine_work_and_changes_nothing(run):
     proc = run_cli(run["out"], run["address"])
     assert proc.stderr.count("done earlier, skipped") == (
         len(STEPS) + len(AssembleStage.steps) + len(LANGS))
-    assert "vLLMEngineStage" not in proc.stderr
+    assert "teacher smollm2-135m ready" not in proc.stderr  # no engine started
+    assert "evaluate gla_Latn" not in proc.stderr  # no lm-eval run
     assert listing() == before
 
 

@@ -25,6 +25,19 @@ def ray_cluster():
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster) -> int:
+    """One Serve HTTP proxy for the session (on a free port): the engine-pass teacher and
+    the served app share it, as the stages of one job do."""
+    from ray import serve
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
 COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
 OVERRIDES = [
     "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
@@ -64,15 +77,14 @@ def trained(ray_cluster, tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def served(ray_cluster, trained):
+def served(ray_cluster, serve_port, trained):
     """The app of `kakugo serve` on 127.0.0.1: teacher, base student and kakugo-gla."""
     from ray import serve
 
     from kakugo.serve.app import served_models, start
-    from tests.conftest import free_port
 
     config = load_config("configs/tiny-cpu.yaml", [
-        f"output={trained['out']}", 'languages=["gd"]', f"serving.port={free_port()}"])
+        f"output={trained['out']}", 'languages=["gd"]', f"serving.port={serve_port}"])
     models = served_models(config, [trained["lang"]], trained["storage"])
     url = start(config, models)
     try:

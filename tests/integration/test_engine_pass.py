@@ -12,10 +12,11 @@ from kakugo.storage import Storage
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def test_list_pass_parses_every_reply_and_resumes(ray_cluster, tmp_path):
+def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_path):
     import ray
 
-    config = load_config("configs/tiny-cpu.yaml", ["teacher.sampling.temperature=0.0"])
+    config = load_config("configs/tiny-cpu.yaml", ["teacher.sampling.temperature=0.0",
+                                                   f"serving.port={serve_port}"])
     rows = (seed_requests("gla_Latn", "Scottish Gaelic", config)
             + seed_requests("cym_Latn", "Welsh", config))
     storage = Storage(str(tmp_path / "out"))

