@@ -72,20 +72,6 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
             "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99)}
 
 
-def wait_ready(url: str, timeout: float = 600) -> float:
-    import httpx
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if httpx.get(url + "/models", timeout=5).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
 def bench_serve(config, model, args) -> dict:
     import ray
     from ray import serve
@@ -108,6 +94,7 @@ def bench_serve(config, model, args) -> dict:
 
 def bench_vllm(config, model, args) -> dict:
     from kakugo.models import ModelSource
+    from kakugo.serve.app import answering
     from kakugo.teacher import engine_env, engine_kwargs
 
     kwargs = engine_kwargs(model.engine)
@@ -125,7 +112,10 @@ def bench_vllm(config, model, args) -> dict:
                             start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/v1"
-        ready = wait_ready(url)
+        started = time.monotonic()
+        if not answering(url, timeout=600):
+            raise TimeoutError(f"vLLM's server at {url} not ready after 600 s")
+        ready = time.monotonic() - started
         result = asyncio.run(closed_loop(url, model.name, args.concurrency, args.duration,
                                          args.max_tokens))
         return {"startup_seconds": round(ready, 1), **result}

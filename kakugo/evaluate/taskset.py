@@ -16,6 +16,7 @@ Local layout (under `evaluation.data_dir` or $KAKUGO_DATA_DIR):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -60,14 +61,21 @@ def hub_online() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0")
 
 
+@functools.cache
+def _global_mmlu_folders() -> dict[str, str]:
+    """ISO 639-3 -> lm-eval's Global-MMLU folder name (ISO 639-1 mostly)."""
+    return {langcodes.Language.get(f.name).to_alpha3(): f.name
+            for f in sorted((registry_dir() / "global_mmlu" / "full").iterdir())
+            if f.is_dir() and not f.name.startswith("_")}
+
+
 def global_mmlu_key(lang: Language) -> str | None:
-    """lm-eval's Global-MMLU folder for the language (ISO 639-1 mostly), if any."""
+    """lm-eval's Global-MMLU folder for the language (or its macrolanguage), if any."""
     macro = MACROLANGUAGES.get(langcodes.Language.get(lang.iso639_3).language or "")
-    wanted = {lang.iso639_3} | ({langcodes.Language.get(macro).to_alpha3()} if macro else set())
-    for folder in sorted((registry_dir() / "global_mmlu" / "full").iterdir()):
-        if (folder.is_dir() and not folder.name.startswith("_")
-                and langcodes.Language.get(folder.name).to_alpha3() in wanted):
-            return folder.name
+    folders = _global_mmlu_folders()
+    for code in (lang.iso639_3, langcodes.Language.get(macro).to_alpha3() if macro else None):
+        if code in folders:
+            return folders[code]
     return None
 
 

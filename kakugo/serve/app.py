@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from ray.serve.llm.ingress import OpenAiIngress
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from kakugo.config import MODEL_NAME_PATTERN, EngineConfig, ModelServingConfig, RunConfig
 from kakugo.languages import Language
@@ -189,9 +190,8 @@ def start(config: RunConfig, models: list[ServedModel]) -> str:
     return url
 
 
-def check_reachable(url: str, timeout: float = 30) -> None:
-    """The deployed app answers at `url`; else a clear error (Serve was already running on
-    this cluster with another host/port, whose proxy the config cannot change)."""
+def answering(url: str, timeout: float) -> bool:
+    """Whether an OpenAI-compatible server answers `GET {url}/models` within `timeout` s."""
     import time
 
     import httpx
@@ -200,15 +200,22 @@ def check_reachable(url: str, timeout: float = 30) -> None:
     while True:
         try:
             if httpx.get(f"{url}/models", timeout=5).status_code == 200:
-                return
+                return True
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise ServeConfigError(
-                f"the app is deployed but nothing answers at {url}: Ray Serve is probably "
-                "already running on this cluster with other HTTP options (serving.host/port "
-                "apply only when kakugo starts Serve); use that address or `serve shutdown`")
+            return False
         time.sleep(1)
+
+
+def check_reachable(url: str, timeout: float = 30) -> None:
+    """The deployed app answers at `url`; else a clear error (Serve was already running on
+    this cluster with another host/port, whose proxy the config cannot change)."""
+    if not answering(url, timeout):
+        raise ServeConfigError(
+            f"the app is deployed but nothing answers at {url}: Ray Serve is probably "
+            "already running on this cluster with other HTTP options (serving.host/port "
+            "apply only when kakugo starts Serve); use that address or `serve shutdown`")
 
 
 def stop() -> None:
@@ -245,8 +252,6 @@ class KakugoIngress(OpenAiIngress):
         self.max_tokens_limit = max_tokens_limit
 
     async def completions(self, request: Request):  # POST /v1/completions
-        from ray.serve.llm.openai_api_models import CompletionRequest
-
         try:
             body = await self._checked(request, CompletionRequest)
         except RequestRefused as refused:
@@ -254,8 +259,6 @@ class KakugoIngress(OpenAiIngress):
         return await super().completions(body, request)
 
     async def chat(self, request: Request):  # POST /v1/chat/completions
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
-
         try:
             body = await self._checked(request, ChatCompletionRequest)
         except RequestRefused as refused:

@@ -24,7 +24,7 @@ def evaluated(served, trained, data_dir, tmp_path_factory):
     data = fixture_data_dir(tmp_path_factory.mktemp("eval"), data_dir)
     config = load_config("configs/tiny-cpu.yaml", [
         f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
-        f"evaluation.tasks={TASKS}", "evaluation.limit=6", "evaluation.max_gen_tokens=24",
+        f"evaluation.tasks={TASKS}", "evaluation.limit=4", "evaluation.max_gen_tokens=16",
         f"evaluation.url={served['url']}"])
     langs = [resolve("gd", data), resolve("yo", data)]
     summary = evaluate(config, langs, trained["storage"])
@@ -58,7 +58,7 @@ def test_raw_results_and_plots_are_written(evaluated):
     storage = evaluated["storage"]
     raw = storage.read_json("eval/gla_Latn/kakugo-gla/flores_en_xx.json")
     assert raw["lm_eval_model"] == "local-chat-completions" and raw["num_fewshot"] == 3
-    assert "chrfpp,none" in raw["results"] and raw["n_samples"]["effective"] == 6
+    assert "chrfpp,none" in raw["results"] and raw["n_samples"]["effective"] == 4
     sib = storage.read_json("eval/yor_Latn/tiny-granite/sib200.json")
     assert sib["lm_eval_model"] == "local-completions" and "acc,none" in sib["results"]
     for task in ("sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"):
