@@ -20,7 +20,14 @@ setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" --num-cpus=8 \
   --temp-dir="$ray_dir" >"$ray_dir/head.log" 2>&1 &
 head_pid=$!
-stop_head() { kill -TERM -- "-$head_pid" 2>/dev/null || true; wait "$head_pid" 2>/dev/null || true; }
+# SIGTERM to the head's process group, then SIGKILL to what is left of it after 20 s
+# (`ray start --block` leaves gcs_server running on SIGTERM).
+stop_head() {
+  kill -TERM -- "-$head_pid" 2>/dev/null || return 0
+  for _ in $(seq 20); do kill -0 -- "-$head_pid" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$head_pid" 2>/dev/null || true
+  wait "$head_pid" 2>/dev/null || true
+}
 trap stop_head EXIT
 
 for _ in $(seq 60); do
