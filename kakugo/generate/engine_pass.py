@@ -147,7 +147,10 @@ class Teacher:
         model = ServedModel(t.name, t.model, "teacher", t.engine, fixed)
         started = time.monotonic()
         ensure_serve(self.config)
-        app = build_llm_deployment(LLMConfig(**llm_config(model, seed=self.config.seed)))
+        settings = llm_config(model, seed=self.config.seed)
+        # one access-log line per request would flood the job's log (100k+ requests)
+        settings["deployment_config"]["logging_config"] = {"enable_access_log": False}
+        app = build_llm_deployment(LLMConfig(**settings))
         serve.run(app, name=TEACHER_APP, route_prefix=None)
         self.deployment = next(iter(serve.status().applications[TEACHER_APP].deployments))
         log.info("teacher %s ready in %.0f s (%d replica(s))", t.name,
