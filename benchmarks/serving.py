@@ -72,6 +72,12 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
             "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99)}
 
 
+def under_load(url: str, model: str, args, startup_seconds: float) -> dict:
+    result = asyncio.run(closed_loop(url, model, args.concurrency, args.duration,
+                                     args.max_tokens))
+    return {"startup_seconds": round(startup_seconds, 1), **result}
+
+
 def bench_serve(config, model, args) -> dict:
     import ray
     from ray import serve
@@ -83,10 +89,7 @@ def bench_serve(config, model, args) -> dict:
     try:
         started = time.monotonic()
         url = start(config, [model])
-        ready = time.monotonic() - started
-        result = asyncio.run(closed_loop(url, model.name, args.concurrency, args.duration,
-                                         args.max_tokens))
-        return {"startup_seconds": round(ready, 1), **result}
+        return under_load(url, model.name, args, time.monotonic() - started)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -115,10 +118,7 @@ def bench_vllm(config, model, args) -> dict:
         started = time.monotonic()
         if not answering(url, timeout=600):
             raise TimeoutError(f"vLLM's server at {url} not ready after 600 s")
-        ready = time.monotonic() - started
-        result = asyncio.run(closed_loop(url, model.name, args.concurrency, args.duration,
-                                         args.max_tokens))
-        return {"startup_seconds": round(ready, 1), **result}
+        return under_load(url, model.name, args, time.monotonic() - started)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
