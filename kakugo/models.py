@@ -18,7 +18,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from kakugo.config import RunConfig
+    from kakugo.languages import Language
 
 CACHE_ENV = "KAKUGO_CACHE"
 GRANITE_MICRO_CONFIG = Path(__file__).resolve().parent / "data" / "granite-4.0-micro"
@@ -26,6 +30,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 SourceKind = Literal["embedded", "local", "s3", "hub"]
+
+
+def tuned_model_name(config: RunConfig, lang: Language) -> str:
+    """The tuned student's name (`student.tuned_name_template`), e.g. kakugo-gla."""
+    return config.student.tuned_name_template.format(
+        iso639_3=lang.iso639_3, flores_code=lang.flores_code, tag=lang.tag, name=lang.name)
+
+
+def tuned_model_dir(flores_code: str) -> str:
+    """Where training exports a language's model, relative to the run's output root."""
+    return f"{flores_code}/model"
 
 
 class ModelError(ValueError):

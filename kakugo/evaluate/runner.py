@@ -27,8 +27,8 @@ from typing import Any
 from kakugo.config import RunConfig
 from kakugo.evaluate.taskset import EvalTask, render
 from kakugo.languages import Language
-from kakugo.models import ModelSource
-from kakugo.serve.app import tuned_model_dir, tuned_model_name
+from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
+from kakugo.serve.app import has_tuned_model
 from kakugo.storage import Storage
 
 log = logging.getLogger("kakugo.evaluate")
@@ -47,10 +47,10 @@ class EvalModel:
 def models_for(config: RunConfig, lang: Language, storage: Storage) -> list[EvalModel]:
     models = [EvalModel(config.student.name, "base",
                         ModelSource.parse(config.student.model).materialize())]
-    folder = tuned_model_dir(lang)
-    if storage.exists(f"{folder}/config.json"):
+    if has_tuned_model(storage, lang):
+        folder = storage.uri(tuned_model_dir(lang.flores_code))
         models.append(EvalModel(tuned_model_name(config, lang), "tuned",
-                                ModelSource.parse(storage.uri(folder)).materialize()))
+                                ModelSource.parse(folder).materialize()))
     return models
 
 
@@ -116,7 +116,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
         plan = {lang.flores_code: models_for(config, lang, storage) for lang in languages}
         if config.evaluation.backend == "serve" and url is None:
             url = config.evaluation.url
-        pending = any(not storage.exists(result_path(t, m.name))
+        pending = any(not storage.exists(result_path(t.language, t.kind, m.name))
                       for t in tasks for m in plan[t.language])
         if config.evaluation.backend == "serve" and url is None and pending:
             wanted = sorted({m.name for models in plan.values() for m in models})
@@ -127,7 +127,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                 lang_tasks = [t for t in tasks if t.language == lang.flores_code]
                 for model in plan[lang.flores_code]:
                     todo = [t for t in lang_tasks
-                            if not storage.exists(result_path(t, model.name))]
+                            if not storage.exists(result_path(t.language, t.kind, model.name))]
                     for generation in (False, True):
                         group = [t for t in todo if t.generation is generation]
                         if not group:
@@ -138,7 +138,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                         for name, result in run_lm_eval(config, model, group, task_dir,
                                                         url).items():
                             task = next(t for t in group if t.name == name)
-                            storage.write_json(result_path(task, model.name), result)
+                            storage.write_json(result_path(task.language, task.kind, model.name), result)
         finally:
             if started_app:
                 serve_app.stop()
@@ -148,8 +148,9 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
     return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()}}
 
 
-def result_path(task: EvalTask, model: str) -> str:
-    return f"eval/{task.language}/{model}/{task.kind}.json"
+def result_path(language: str, kind: str, model: str) -> str:
+    """One model's lm-eval results for one task of one language."""
+    return f"eval/{language}/{model}/{kind}.json"
 
 
 def results_table(config: RunConfig, languages: list[Language], storage: Storage,
@@ -163,7 +164,7 @@ def results_table(config: RunConfig, languages: list[Language], storage: Storage
                    "note": missing.get((lang.flores_code, kind), "")}
             if not row["note"]:
                 for role, model in (("base", config.student.name), ("tuned", tuned)):
-                    rel = f"eval/{lang.flores_code}/{model}/{kind}.json"
+                    rel = result_path(lang.flores_code, kind, model)
                     if storage.exists(rel):
                         row[role] = score(storage.read_json(rel))
                 if row["tuned"] is None:

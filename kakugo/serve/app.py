@@ -28,7 +28,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 
 from kakugo.config import MODEL_NAME_PATTERN, EngineConfig, ModelServingConfig, RunConfig
 from kakugo.languages import Language
-from kakugo.models import ModelSource
+from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
 from kakugo.serve import ServeConfigError
 from kakugo.storage import Storage
 from kakugo.teacher import engine_env, engine_kwargs, placement_bundles
@@ -57,15 +57,8 @@ class ServedModel:
     scaling: ModelServingConfig
 
 
-def tuned_model_name(config: RunConfig, lang: Language) -> str:
-    name = config.student.tuned_name_template.format(
-        iso639_3=lang.iso639_3, flores_code=lang.flores_code, name=lang.name)
-    return check_model_name(name, "student.tuned_name_template")
-
-
-def tuned_model_dir(lang: Language) -> str:
-    """Where the training stage exports a language's model, relative to the output root."""
-    return f"{lang.flores_code}/model"
+def has_tuned_model(storage: Storage, lang: Language) -> bool:
+    return storage.exists(f"{tuned_model_dir(lang.flores_code)}/config.json")
 
 
 def served_models(config: RunConfig, languages: list[Language], storage: Storage,
@@ -83,8 +76,9 @@ def served_models(config: RunConfig, languages: list[Language], storage: Storage
     ]
     untrained: dict[str, str] = {}
     for lang in languages:
-        name, folder = tuned_model_name(config, lang), tuned_model_dir(lang)
-        if storage.exists(f"{folder}/config.json"):
+        name = check_model_name(tuned_model_name(config, lang), "student.tuned_name_template")
+        folder = tuned_model_dir(lang.flores_code)
+        if has_tuned_model(storage, lang):
             models.append(ServedModel(name, storage.uri(folder), "tuned", serving.engine,
                                       serving.students))
         else:

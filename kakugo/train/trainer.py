@@ -20,7 +20,7 @@ import pandas as pd
 from kakugo.config import RunConfig
 from kakugo.generate.requests import fraction_of
 from kakugo.languages import Language
-from kakugo.models import ModelSource
+from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
 from kakugo.storage import Storage
 from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
 
@@ -103,11 +103,6 @@ def plan_steps(train_rows: int, config: RunConfig) -> tuple[int, int]:
     return per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
-def model_name(config: RunConfig, lang: Language) -> str:
-    return config.student.tuned_name_template.format(iso639_3=lang.iso639_3, tag=lang.tag,
-                                                     flores_code=lang.flores_code)
-
-
 def train_language(config: RunConfig, lang: Language, storage: Storage, *,
                    fail_at_step: int | None = None, fault_marker: str | None = None
                    ) -> dict[str, Any]:
@@ -142,9 +137,9 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "student_path": student_path,
         "student_model": config.student.model,
         "language": {**asdict(lang), "tag": lang.tag},
-        "model_name": model_name(config, lang),
+        "model_name": tuned_model_name(config, lang),
         "output": storage.root,  # absolute: workers do not share the driver's cwd
-        "model_folder": f"{code}/model",
+        "model_folder": tuned_model_dir(code),
         "metrics_path": f"train/{code}/metrics.jsonl",
         "train_rows": train_rows,
         "steps_per_epoch": per_epoch,
@@ -185,7 +180,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "history": [json.loads(line) for line in
                     storage.read_text(f"train/{code}/metrics.jsonl").splitlines() if line],
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "model": storage.uri(f"{code}/model"),
+        "model": storage.uri(tuned_model_dir(code)),
     }
     storage.write_json(manifest_path, manifest)
     log.info("train/%s: finished in %.0f s: %s", code, wall, result.metrics)
