@@ -2,7 +2,8 @@
 
 A thin wrapper over kakugo.run.distill_batch (through the CLI's `run` command, so the
 arguments and exit codes are the same as `kakugo run`):
-  0 everything finished, 1 a failure, 2 bad input (config, languages, models).
+  0 every language finished, 1 a failure (every language failed), 2 bad input (config,
+  languages, models), 3 partial failure (some languages failed; see report.md).
 """
 
 import sys

@@ -8,7 +8,6 @@ import logging
 import sys
 
 from kakugo.config import ConfigError, RunConfig, load_config
-from kakugo.generate.assemble import DatasetTooSmallError
 from kakugo.generate.contexts import ContextSourceError
 from kakugo.generate.filters import FilterSetupError
 from kakugo.generate.translate import TranslationSourceError
@@ -118,13 +117,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return distill_batch(_config_from(args), restart=args.restart, stages=("train",))
+    return distill_batch(_config_from(args), restart=args.restart, stages=("train", "report"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.url:
         args.overrides.append(f"evaluation.url={json.dumps(args.url)}")
-    return distill_batch(_config_from(args), restart=args.restart, stages=("evaluate",))
+    return distill_batch(_config_from(args), restart=args.restart,
+                         stages=("evaluate", "report"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             ContextSourceError, TranslationSourceError, FilterSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (StorageError, DatasetTooSmallError, TrainingDataError) as exc:
+    except (StorageError, TrainingDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

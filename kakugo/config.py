@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -300,16 +307,42 @@ class EvaluationConfig(Strict):
                             "(…/v1) serving the students; default: start the run's app")
 
 
+DEFAULT_PRICES = {"CPU": 0.05, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3}
+
+
 class ClusterConfig(Strict):
     price_per_hour: dict[str, float] = Field(
-        default_factory=lambda: {"CPU": 0.05, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3},
-        description="USD per device-hour, by accelerator type",
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per device-hour by accelerator type (CPU: per CPU-hour); entries "
+        "given here are added to or replace the defaults",
     )
-    teacher_accelerator_type: str = "H100"
-    training_accelerator_type: str = "H100"
+    teacher_accelerator_type: str = Field("H100", description="GPU type of the generation "
+                                          "engines (priced per GPU-hour)")
+    training_accelerator_type: str = Field("H100", description="GPU type of training workers")
+    serving_accelerator_type: str = Field("H100", description="GPU type of served models "
+                                          "(evaluation)")
     local_num_cpus: int | None = Field(
         None, ge=1, description="logical CPUs of a local Ray started by kakugo (no cluster)"
     )
+
+    @model_validator(mode="after")
+    def _every_device_has_a_price(self) -> ClusterConfig:
+        for field in ("teacher_accelerator_type", "training_accelerator_type",
+                      "serving_accelerator_type"):
+            device = getattr(self, field)
+            if device not in self.price_per_hour:
+                raise ValueError(f"cluster.{field} is {device!r}, which has no price in "
+                                 f"cluster.price_per_hour (priced: "
+                                 f"{', '.join(sorted(self.price_per_hour))})")
+        negative = {k: v for k, v in self.price_per_hour.items() if v < 0}
+        if negative:
+            raise ValueError(f"cluster.price_per_hour: prices must be >= 0, got {negative}")
+        return self
+
+    @field_validator("price_per_hour", mode="before")
+    @classmethod
+    def _over_the_default_prices(cls, value: Any) -> Any:
+        return {**DEFAULT_PRICES, **value} if isinstance(value, dict) else value
 
 
 class RunConfig(Strict):
@@ -327,6 +360,8 @@ class RunConfig(Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    progress_every_s: float = Field(30.0, gt=0, description="seconds between progress lines "
+                                    "(rows done, rate, ETA) while engine passes run")
 
     def digest(self, *sections: str) -> str:
         """A short stable hash of the whole config, or of the named top-level sections."""

@@ -20,9 +20,10 @@ from kakugo.storage import Storage
 log = logging.getLogger("kakugo.run")
 
 RUN_MANIFEST = "run.json"
-# In pipeline order; a stage is listed here once it is implemented.
-STAGES: tuple[str, ...] = ("generate", "dataset", "train", "evaluate")
-PLANNED_STAGES = ("generate", "dataset", "train", "evaluate", "report")
+STATUS = "status.json"  # languages that failed, with the stage and the error
+# In pipeline order. Each stage skips the work it finds done; the report is rewritten.
+STAGES: tuple[str, ...] = ("generate", "dataset", "train", "evaluate", "report")
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
 
 
 class RunConflictError(RuntimeError):
@@ -33,8 +34,8 @@ def resolve_languages(config: RunConfig) -> list[Language]:
     return resolve_many(config.languages, eval_data_dir(config.evaluation.data_dir))
 
 
-def open_run(config: RunConfig, languages: list[Language], *, restart: bool = False) -> Storage:
-    """Check the output root and record the run; refuse to mix outputs of another config."""
+def check_run(config: RunConfig, *, restart: bool = False) -> Storage:
+    """The output root, once it is known to be writable and not another config's run."""
     storage = Storage(config.output)
     storage.check_writable()
     digest = config.digest()
@@ -45,6 +46,14 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
             f"(hash {previous.get('config_hash')}, now {digest}); use a new output root, "
             "or pass --restart to start over there"
         )
+    return storage
+
+
+def open_run(config: RunConfig, languages: list[Language], *, restart: bool = False) -> Storage:
+    """Check the output root and record the run; refuse to mix outputs of another config."""
+    storage = check_run(config, restart=restart)
+    previous = storage.read_json(RUN_MANIFEST, default=None)
+    digest = config.digest()
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     storage.write_json(
         RUN_MANIFEST,
@@ -76,8 +85,10 @@ def connect_ray(config: RunConfig) -> None:
 
 def run_stage(stage: str, config: RunConfig, languages: list[Language],
               storage: Storage) -> dict:
-    """Run (or resume) one stage for the whole batch."""
-    connect_ray(config)
+    """Run (or resume) one stage for the given languages; per-language failures are
+    returned under "failed" ({flores_code: error})."""
+    if stage != "report":
+        connect_ray(config)
     if stage == "generate":  # prompts, responses and translations (stages 1-3)
         from kakugo.generate.pipeline import generate
 
@@ -94,23 +105,49 @@ def run_stage(stage: str, config: RunConfig, languages: list[Language],
         from kakugo.evaluate.runner import evaluate
 
         return evaluate(config, languages, storage)
-    raise ValueError(f"unknown stage {stage!r}; implemented: {', '.join(STAGES)}")
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
 def distill_batch(config: RunConfig, *, restart: bool = False,
                   stages: tuple[str, ...] = STAGES) -> int:
-    """Run `stages` (default: every implemented one) for the batch; returns an exit code."""
+    """Run `stages` (default: all) for the batch and write the batch report.
+
+    A language that fails in a stage is recorded in status.json and left out of the later
+    stages; the others go on. A rerun retries it from the first stage it has not finished.
+    Returns EXIT_OK, EXIT_PARTIAL (some languages failed) or EXIT_FAILED (all failed).
+    """
+    from kakugo.report import write_report
+
     languages = resolve_languages(config)
+    check_run(config, restart=restart)  # bad output roots fail before any model download
+    for role, spec in (("teacher", config.teacher.model), ("student", config.student.model)):
+        path = ModelSource.parse(spec).materialize()
+        log.info("%s model ready: %s", role, path)
     storage = open_run(config, languages, restart=restart)
     log.info("run %s: %d language(s) -> %s", config.name, len(languages), storage.root)
     for lang in languages:
         log.info("  %s", lang)
-    for role, spec in (("teacher", config.teacher.model), ("student", config.student.model)):
-        path = ModelSource.parse(spec).materialize()
-        log.info("%s model ready: %s", role, path)
-    for stage in stages:
-        run_stage(stage, config, languages, storage)
-    missing = [s for s in PLANNED_STAGES if s not in STAGES]
-    if missing and stages == STAGES:
-        log.warning("stages not implemented yet (skipped): %s", ", ".join(missing))
-    return 0
+    codes = {lang.flores_code for lang in languages}
+    # failures of stages this run does not redo stay on record; the others are retried
+    failed = {code: entry for code, entry in
+              storage.read_json(STATUS, default={}).get("failed", {}).items()
+              if code in codes and entry["stage"] not in stages}
+    for stage in [s for s in STAGES if s in stages and s != "report"]:
+        order = STAGES.index(stage)
+        active = [lang for lang in languages if lang.flores_code not in failed
+                  or STAGES.index(failed[lang.flores_code]["stage"]) > order]
+        if not active:
+            log.error("%s: no language left to run", stage)
+            break
+        result = run_stage(stage, config, active, storage)
+        for code, error in (result.get("failed") or {}).items():
+            log.error("%s failed in %s: %s", code, stage, error)
+            failed[code] = {"stage": stage, "error": error}
+        storage.write_json(STATUS, {"failed": failed})
+    if "report" in stages:
+        write_report(config, languages, storage, failed)
+    if not failed:
+        return EXIT_OK
+    log.error("%d of %d language(s) failed: %s", len(failed), len(languages),
+              ", ".join(f"{code} ({entry['stage']})" for code, entry in sorted(failed.items())))
+    return EXIT_FAILED if len(failed) == len(languages) else EXIT_PARTIAL

@@ -20,11 +20,13 @@ import io
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kakugo.config import RunConfig
+from kakugo.costs import evaluation_devices
 from kakugo.evaluate.taskset import EvalTask, render
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
@@ -79,6 +81,7 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
 
     generation = tasks[0].generation
     model_type, model_args = lm_eval_model(config, model, url, generation)
+    started = time.monotonic()
     out = lm_eval.simple_evaluate(
         model=model_type, model_args=model_args, tasks=[t.name for t in tasks],
         num_fewshot=config.evaluation.num_fewshot, limit=config.evaluation.limit,
@@ -86,12 +89,15 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
         apply_chat_template=generation, batch_size=1, bootstrap_iters=0, log_samples=False,
         random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
         fewshot_random_seed=config.seed)
+    device, devices = evaluation_devices(config)
+    seconds = (time.monotonic() - started) * devices / len(tasks)
     return {t.name: {"task": t.name, "kind": t.kind, "language": t.language,
                      "model": model.name, "role": model.role, "lm_eval_model": model_type,
                      "num_fewshot": config.evaluation.num_fewshot,
                      "n_samples": out["n-samples"].get(t.name),
                      "results": out["results"][t.name],
-                     "config": json.loads(json.dumps(out["configs"][t.name], default=str))}
+                     "config": json.loads(json.dumps(out["configs"][t.name], default=str)),
+                     "device": device, "device_seconds": round(seconds, 2)}
             for t in tasks}
 
 
@@ -110,6 +116,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
     from kakugo.serve import app as serve_app
 
     started_app, ran = False, False
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="kakugo-tasks-") as tmp:
         task_dir = Path(tmp)
         tasks, missing = render(config, languages, task_dir)
@@ -125,32 +132,50 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
         try:
             for lang in languages:
                 lang_tasks = [t for t in tasks if t.language == lang.flores_code]
-                for model in plan[lang.flores_code]:
-                    todo = [t for t in lang_tasks
-                            if not storage.exists(result_path(t.language, t.kind, model.name))]
-                    for generation in (False, True):
-                        group = [t for t in todo if t.generation is generation]
-                        if not group:
-                            continue
-                        log.info("evaluate %s / %s: %s", lang.flores_code, model.name,
-                                 ", ".join(t.kind for t in group))
-                        ran = True
-                        for name, result in run_lm_eval(config, model, group, task_dir,
-                                                        url).items():
-                            task = next(t for t in group if t.name == name)
-                            storage.write_json(result_path(task.language, task.kind, model.name), result)
+                try:
+                    ran |= evaluate_language(config, lang_tasks, plan[lang.flores_code],
+                                             task_dir, url, storage)
+                except Exception as exc:  # one language must not sink the batch
+                    log.exception("evaluate %s failed", lang.flores_code)
+                    failed[lang.flores_code] = f"{type(exc).__name__}: {exc}"
         finally:
             if started_app:
                 serve_app.stop()
     table = results_table(config, languages, storage, missing)
     if ran or not storage.exists("eval/results.csv"):
         write_reports(table, storage)
-    return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()}}
+    return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()},
+            "failed": failed}
+
+
+def evaluate_language(config: RunConfig, tasks: list[EvalTask], models: list[EvalModel],
+                      task_dir: Path, url: str | None, storage: Storage) -> bool:
+    """Every model of one language on its unfinished tasks; True if lm-eval ran."""
+    ran = False
+    for model in models:
+        todo = [t for t in tasks if not storage.exists(result_path(t.language, t.kind, model.name))]
+        for generation in (False, True):
+            group = [t for t in todo if t.generation is generation]
+            if not group:
+                continue
+            log.info("evaluate %s / %s: %s", group[0].language, model.name,
+                     ", ".join(t.kind for t in group))
+            ran = True
+            for name, result in run_lm_eval(config, model, group, task_dir, url).items():
+                task = next(t for t in group if t.name == name)
+                storage.write_json(result_path(task.language, task.kind, model.name), result)
+    return ran
 
 
 def result_path(language: str, kind: str, model: str) -> str:
     """One model's lm-eval results for one task of one language."""
     return f"eval/{language}/{model}/{kind}.json"
+
+
+def result_files(storage: Storage, language: str) -> list[str]:
+    """Every result written for one language (any model, any task)."""
+    return [name for name in storage.list(f"eval/{language}", recursive=True)
+            if name.endswith(".json")]
 
 
 def results_table(config: RunConfig, languages: list[Language], storage: Storage,

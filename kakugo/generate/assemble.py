@@ -10,8 +10,8 @@ translated conversations, after the quality filters.
                    README.md          dataset card (YAML header with sizes and counts)
                    dataset_info.json  LLaMA-Factory entry for data/ (sharegpt/openai tags)
 
-A language with fewer kept rows than `filters.min_rows_per_language` stops the run with
-an error that names it and its counts, instead of training on a token-sized set.
+A language with fewer kept rows than `filters.min_rows_per_language` is marked failed
+(its counts in the error) and is not trained on a token-sized set; the others go on.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from kakugo.config import FiltersConfig, RunConfig
+from kakugo.costs import teacher_devices
 from kakugo.generate.filters import (
     OK,
     UNKNOWN,
@@ -51,10 +52,6 @@ VERDICTS = ("translation", "basic", "language_id", "decontamination", "dedup")
 SFT_COLUMNS = ("id", "language", "category", "kind", "messages")
 REJECT_COLUMNS = ("id", "language", "category", "kind", "reject", "prompt", "response",
                   "turns")
-
-
-class DatasetTooSmallError(RuntimeError):
-    """Too few rows survived the filters for a language to be worth training on."""
 
 
 def _candidate(row: dict[str, Any], kind: str, **values: Any) -> dict[str, Any]:
@@ -219,13 +216,6 @@ class AssembleStage(Stage):
         stats = {}
         for lang in self.languages:
             stats[lang.flores_code] = self.write_language(lang)
-        too_small = {code: s for code, s in stats.items()
-                     if s["rows"] < self.config.filters.min_rows_per_language}
-        if too_small:
-            raise DatasetTooSmallError("; ".join(
-                f"{code}: {s['rows']} rows kept, filters.min_rows_per_language is "
-                f"{self.config.filters.min_rows_per_language} (rejected: {s['rejects'] or 0})"
-                for code, s in too_small.items()))
         return stats
 
     def candidate_counts(self, code: str) -> pd.DataFrame:
@@ -275,7 +265,7 @@ class AssembleStage(Stage):
             tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
             seconds += entry.get("engine_seconds", 0.0)
         return {"generation_tokens": int(tokens), "engine_seconds": round(seconds, 2),
-                "accelerator": self.config.teacher.engine.accelerator}
+                "accelerator": teacher_devices(self.config)[0]}
 
 
 def dataset_name(lang: Language) -> str:
@@ -356,5 +346,15 @@ reasoning. `dataset_info.json` registers `data/` for LLaMA-Factory.
 
 
 def assemble(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
-    """Build (or resume) the SFT datasets of a batch; returns per-step manifests."""
-    return AssembleStage(config, languages, storage).run()
+    """Build (or resume) the SFT datasets of a batch; returns per-step manifests, and under
+    "failed" the languages that kept fewer than `filters.min_rows_per_language` rows."""
+    stage = AssembleStage(config, languages, storage)
+    out = stage.run()
+    minimum = config.filters.min_rows_per_language
+    kept = (stage.manifest("dataset") or {}).get("languages", {})
+    out["failed"] = {
+        code: f"DatasetTooSmallError: {kept[code]['rows']} rows kept, "
+              f"filters.min_rows_per_language is {minimum} "
+              f"(rejected: {kept[code]['rejects'] or 0})"
+        for code in stage.codes if code in kept and kept[code]["rows"] < minimum}
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any, Self
 
@@ -110,13 +111,22 @@ def teacher_template_kwargs(config: RunConfig) -> dict[str, Any] | None:
 
 
 def done_ids(storage: Storage, folder: str) -> set[str]:
-    """Ids already written by earlier (possibly interrupted) runs of this pass."""
+    """Ids already written by earlier (possibly interrupted) runs of this pass. A file cut
+    short by the interruption (unreadable) is deleted: its rows are sent again."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
     for name in storage.list(folder, recursive=True):
         if name.endswith(".parquet"):
-            table = pq.read_table(storage.path(name), columns=["id"], filesystem=storage.fs)
+            try:
+                table = pq.read_table(storage.path(name), columns=["id"],
+                                      filesystem=storage.fs)
+            except pa.ArrowInvalid as exc:  # not OSError: a storage outage deletes nothing
+                log.warning("%s is unreadable (%s): deleted, its rows are sent again",
+                            storage.uri(name), exc)
+                storage.delete(name)
+                continue
             ids.update(table.column("id").to_pylist())
     return ids
 
@@ -177,6 +187,62 @@ class Teacher:
             should_continue_on_error=True)
 
 
+class PassProgress:
+    """While a pass runs, logs every `every_s` seconds the rows done per language, the rate
+    and an ETA, counted from the parquet files the pass has written (their footers)."""
+
+    def __init__(self, storage: Storage, folder: str, totals: dict[str, int], every_s: float):
+        self.storage, self.folder, self.totals, self.every_s = storage, folder, totals, every_s
+        self.rows: dict[str, int] = {}  # file -> rows
+        self.baseline = self.counts()
+        self.started = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="pass-progress", daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def counts(self) -> dict[str, int]:
+        """Rows written so far per language (files read once each)."""
+        import pyarrow.parquet as pq
+
+        for name in self.storage.list(self.folder, recursive=True):
+            if name.endswith(".parquet") and name not in self.rows:
+                try:
+                    with self.storage.fs.open_input_file(self.storage.path(name)) as f:
+                        self.rows[name] = pq.ParquetFile(f).metadata.num_rows
+                except (OSError, ValueError):  # still being written: next time
+                    continue
+        out: dict[str, int] = {}
+        for name, n in self.rows.items():
+            code = next((part.split("=", 1)[1] for part in name.split("/")
+                         if part.startswith("language=")), "?")
+            out[code] = out.get(code, 0) + n
+        return out
+
+    def line(self) -> str:
+        counts = self.counts()
+        done = {c: counts.get(c, 0) - self.baseline.get(c, 0) for c in self.totals}
+        total, finished = sum(self.totals.values()), sum(done.values())
+        rate = finished / max(time.monotonic() - self.started, 1e-9)
+        eta = f"{(total - finished) / rate:.0f} s" if rate > 0 else "unknown"
+        per_language = ", ".join(f"{c} {done[c]}/{n}" for c, n in sorted(self.totals.items()))
+        return (f"{self.folder}: {finished}/{total} rows ({100 * finished / max(total, 1):.0f}%)"
+                f" [{per_language}], {rate:.2f} rows/s, ETA {eta}")
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                log.info("%s", self.line())
+            except Exception as exc:  # noqa: BLE001 - progress must never stop the pass
+                log.warning("%s: progress unavailable: %s", self.folder, exc)
+
+
 def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
              folder: str) -> dict[str, Any]:
     """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet."""
@@ -185,8 +251,15 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
     started = time.monotonic()
     skip = done_ids(storage, folder)
     todo = requests.filter(lambda row: row["id"] not in skip) if skip else requests
+    totals = {row["language"]: int(row["count()"])
+              for row in todo.groupby("language").count().take_all()}
+    log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]", folder,
+             sum(totals.values()), len(skip),
+             ", ".join(f"{c} {n}" for c, n in sorted(totals.items())))
     processor = build_processor(teacher.processor_config(), preprocess=Preprocess(config),
                                 postprocess=Postprocess(config))
-    processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs,
-                                  partition_cols=["language"])
+    with PassProgress(storage, folder, totals, config.progress_every_s) as progress:
+        processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs,
+                                      partition_cols=["language"])
+        log.info("%s", progress.line())
     return {"skipped_existing": len(skip), "wall_seconds": round(time.monotonic() - started, 2)}

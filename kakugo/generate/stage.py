@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from kakugo.config import RunConfig
+from kakugo.costs import teacher_devices
 from kakugo.generate.engine_pass import Teacher, run_pass
 from kakugo.languages import Language
 from kakugo.models import ModelSource
@@ -118,17 +119,24 @@ class Stage:
         manifest = {"step": step, "config_hash": self.digest, "languages": languages,
                     "started": started_at, "finished": now(),
                     "wall_seconds": round(time.monotonic() - started, 2), **extra}
+        # device-seconds for the cost ledger: engine steps hold the teacher's devices and
+        # split them by tokens processed; the other steps are CPU work split by rows
         if step in self.engine_steps:
-            engine = self.config.teacher.engine
-            devices = engine.replicas * engine.tensor_parallel_size * engine.pipeline_parallel_size
-            seconds = manifest["wall_seconds"] * devices
-            tokens = {c: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
+            device, devices = teacher_devices(self.config)
+            shares = {c: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
                       for c, s in languages.items()}
-            total = sum(tokens.values()) or 1
-            manifest["engine_seconds"] = round(seconds, 2)
-            manifest["accelerator"] = engine.accelerator
-            for code, s in languages.items():  # shared engines: split by tokens processed
-                s["engine_seconds"] = round(seconds * tokens[code] / total, 2)
+        else:
+            device, devices = "CPU", 1.0
+            shares = {c: s.get("rows", 0) for c, s in languages.items()}
+        seconds = manifest["wall_seconds"] * devices
+        total = sum(shares.values()) or 1
+        manifest.update(device=device, device_seconds=round(seconds, 2))
+        if step in self.engine_steps:
+            manifest["engine_seconds"] = manifest["device_seconds"]
+        for code, s in languages.items():
+            s["device_seconds"] = round(seconds * shares[code] / total, 2)
+            if step in self.engine_steps:
+                s["engine_seconds"] = s["device_seconds"]
         self.storage.write_json(f"{self.folder(step)}/_manifest.json", manifest)
         log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
         for code, s in languages.items():

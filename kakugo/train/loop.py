@@ -191,7 +191,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     engine.train()
     window_loss = window_targets = window_tokens = 0.0
-    window_start = time.monotonic()
+    window_start = loop_started = time.monotonic()
+    first_step = step
     micro_per_epoch = cfg["steps_per_epoch"] * accum
     done_micro = step * accum
     for epoch in range(t["epochs"]):
@@ -222,6 +223,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     params_per_rank=params_per_rank, nodes_per_rank=nodes_per_rank)
                 window_loss = window_targets = window_tokens = 0.0
                 window_start = time.monotonic()
+                if rank == 0:  # progress: steps done, loss, ETA from this attempt's pace
+                    pace = (window_start - loop_started) / max(step - first_step, 1)
+                    loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
+                    print(f"[kakugo.train] {cfg['language']['flores_code']} step "
+                          f"{step}/{total_steps}, loss {loss}, ETA "
+                          f"{pace * (total_steps - step):.0f} s", flush=True)
             if step % t["checkpoint_every_steps"] == 0 or step == total_steps:
                 metrics["val_loss"] = validate()
                 log_metrics(metrics)

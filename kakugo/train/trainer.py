@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from kakugo.config import RunConfig
+from kakugo.costs import training_devices
 from kakugo.generate.requests import fraction_of
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
@@ -121,6 +122,10 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         storage.delete(f"train/{code}")
         storage.delete(f"train/train-{code}")
 
+    if not storage.list(f"{code}/dataset/data"):
+        raise TrainingDataError(f"no SFT dataset for {code} at "
+                                f"{storage.uri(f'{code}/dataset/data')}: run the dataset stage "
+                                "first (kakugo generate)")
     t = config.training
     started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     student_path = ModelSource.parse(config.student.model).materialize()
@@ -168,12 +173,12 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     )
     result = trainer.fit()
     wall = time.monotonic() - started
-    devices = t.num_workers
+    device, devices = training_devices(config)
     manifest = {
         "language": code, "config_hash": digest, "started": started_at,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(wall, 2), "worker_seconds": round(wall * devices, 2),
-        "accelerator": "gpu" if t.use_gpu else "cpu",
+        "wall_seconds": round(wall, 2), "worker_seconds": round(wall * t.num_workers, 2),
+        "device": device, "device_seconds": round(wall * devices, 2),
         "train_rows": train_rows, "validation_rows": validation_rows,
         "packing_efficiency": round(efficiency, 4), "total_steps": total_steps,
         "metrics": result.metrics,
@@ -188,5 +193,13 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
 
 
 def train(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
-    """Train every language of the batch, one after another."""
-    return {lang.flores_code: train_language(config, lang, storage) for lang in languages}
+    """Train every language of the batch, one after another. A language that fails is
+    listed under "failed" with its error; the others still train."""
+    out: dict[str, Any] = {"failed": {}}
+    for lang in languages:
+        try:
+            out[lang.flores_code] = train_language(config, lang, storage)
+        except Exception as exc:  # one language must not sink the batch
+            log.exception("train/%s failed", lang.flores_code)
+            out["failed"][lang.flores_code] = f"{type(exc).__name__}: {exc}"
+    return out

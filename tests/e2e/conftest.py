@@ -20,7 +20,10 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def ray_env() -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1"}
+    """The environment of the Ray nodes (and so of the jobs they run): this venv first on
+    PATH, so that a job's `python` is the one kakugo is installed in."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1"}
 
 
 def _alive_nodes(address: str) -> int:
@@ -31,14 +34,16 @@ def _alive_nodes(address: str) -> int:
 
 @pytest.fixture(scope="module")
 def two_node_cluster(s3_server, tmp_path_factory):
-    """RAY_ADDRESS of a head + one more node (4 logical CPUs each). Started after the S3
-    server so that every worker process sees its endpoint and test credentials."""
+    """A head + one more node (4 logical CPUs each): {"address": GCS address, "jobs": the
+    job server's URL on 127.0.0.1}. Started after the S3 server so that every worker
+    process sees its endpoint and test credentials."""
     logs = tmp_path_factory.mktemp("ray-nodes")
-    port = free_port()
+    port, dashboard = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=4"]
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+        [RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}",
          f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-', dir='/tmp')}", *common],
         stdout=(logs / "head.log").open("w"), stderr=subprocess.STDOUT,
         start_new_session=True, env=ray_env())
@@ -58,7 +63,15 @@ def two_node_cluster(s3_server, tmp_path_factory):
             time.sleep(2)
         else:
             pytest.fail("the second Ray node did not join: " + (logs / "node.log").read_text())
-        yield address
+        jobs = f"http://127.0.0.1:{dashboard}"
+        for _ in range(60):  # the job server comes up with the dashboard, after the node
+            if subprocess.run([RAY, "job", "list", "--address", jobs], env=ray_env(),
+                              capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the job server did not start: " + (logs / "head.log").read_text())
+        yield {"address": address, "jobs": jobs}
     finally:
         for proc in reversed(nodes):
             os.killpg(proc.pid, signal.SIGTERM)

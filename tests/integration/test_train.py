@@ -65,3 +65,30 @@ def test_exported_model_loads_in_transformers(trained):
     # it learned the set's answers (which colour goes with which number varies with the
     # data order across the restart; a random model never writes this sentence)
     assert re.search(ANSWER, answer), answer
+
+
+def test_a_failing_language_is_reported_and_the_batch_goes_on(trained):
+    """Welsh has no dataset in this output root: it fails in training with that error, the
+    finished Scottish Gaelic student is kept, and the exit code says partial failure."""
+    from kakugo.config import load_config
+    from kakugo.run import EXIT_PARTIAL, distill_batch
+    from tests.integration.conftest import OVERRIDES
+
+    storage = trained["storage"]
+    config = load_config("configs/tiny-cpu.yaml", [
+        *OVERRIDES, f"output={trained['out']}", 'languages=["gd", "Welsh"]'])
+    assert distill_batch(config, stages=("train", "report")) == EXIT_PARTIAL
+    assert storage.read_json("status.json")["failed"]["cym_Latn"]["stage"] == "train"
+    report = storage.read_json("report.json")
+    langs = {lang["flores_code"]: lang for lang in report["languages"]}
+    welsh, gaelic = langs["cym_Latn"], langs["gla_Latn"]
+    assert welsh["status"] == "failed" and welsh["failed_stage"] == "train"
+    assert "no SFT dataset for cym_Latn" in welsh["error"]
+    assert gaelic["status"] != "failed"
+    assert gaelic["training"]["steps"] == trained["manifest"]["total_steps"]
+    # the ledger prices the training workers' CPU-seconds (tiny-cpu: CPU at $0.05/h)
+    train_cost = trained["manifest"]["device_seconds"] / 3600 * 0.05
+    assert gaelic["usd"]["train"] == pytest.approx(train_cost, abs=1e-4) and train_cost > 0
+    assert report["status"]["failed"] == 1
+    markdown = storage.read_text("report.md")
+    assert "## Failed languages" in markdown and "cym_Latn (Welsh), in train" in markdown

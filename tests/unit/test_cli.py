@@ -30,21 +30,6 @@ def test_languages_default_lists_the_paper_54_with_coverage(capsys, data_dir):
     assert kin["flores200"] and kin["sib200"] and kin["belebele"]
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["languages", "Kurdish"], "ambiguous language 'Kurdish'"),
-        (["languages", "Foobarish"], "unknown language 'Foobarish'"),
-        (["config", "--set", "training.learning_rate=abc"], "training.learning_rate: bad value"),
-        (["config", "--set", "nope=1"], "nope: unknown key"),
-        (["models", "build", "nope"], "unknown embedded model 'nope'"),
-    ],
-)
-def test_bad_input_exits_non_zero_with_a_message(args, message, capsys, data_dir):
-    assert main(args) == 2
-    assert message in capsys.readouterr().err
-
-
 def test_run_refuses_to_mix_configs(tmp_path, data_dir):
     from kakugo.config import load_config
     from kakugo.run import RunConflictError, open_run, resolve_languages

@@ -86,6 +86,18 @@ def test_cross_field_rule_is_reported():
         load_config(None, ["generation.topics.min_prompts_per_topic=4"])
 
 
+def test_every_accelerator_type_needs_a_price():
+    with pytest.raises(ConfigError, match="cluster.training_accelerator_type is 'A100', which "
+                       "has no price in cluster.price_per_hour"):
+        load_config(None, ["cluster.training_accelerator_type=A100"])
+    with pytest.raises(ConfigError, match="prices must be >= 0"):
+        load_config(None, ["cluster.price_per_hour.H100=-1"])
+    priced = load_config(None, ["cluster.training_accelerator_type=A100",
+                                "cluster.price_per_hour.A100=1.8"])
+    assert priced.cluster.price_per_hour["A100"] == 1.8
+    assert priced.cluster.price_per_hour["H100"] == 2.5  # given prices add to the defaults
+
+
 def test_gpu_only_attention_kernels_are_refused_on_cpu():
     with pytest.raises(ConfigError, match="'torch_varlen' runs on GPUs only"):
         load_config(None, ["training.use_gpu=false", "training.attention=torch_varlen"])

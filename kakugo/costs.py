@@ -1,0 +1,96 @@
+"""The cost ledger: device-seconds per stage and language, priced per device-hour.
+
+Every stage records, in its manifests, the device type it ran on (`cluster.*_accelerator_type`
+for GPUs, "CPU" otherwise) and device-seconds (wall seconds x devices held):
+  generate   generate/{step}/_manifest.json   engine steps: engine replicas x GPUs per engine
+                                              (split over languages by tokens processed)
+  dataset    assemble/{step}/_manifest.json   CPU work, split over languages by rows
+  train      train/{code}/_manifest.json      workers x GPUs per worker
+  evaluate   eval/{code}/{model}/{task}.json  one engine per model while lm-eval runs
+`ledger` reads them back and prices them with `cluster.price_per_hour`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kakugo.config import EngineConfig, RunConfig
+from kakugo.languages import Language
+from kakugo.storage import Storage
+
+# The paper's own figure: under $50 of compute per language, end to end.
+PAPER_USD_PER_LANGUAGE = 50.0
+LEDGER_STAGES = ("generate", "dataset", "train", "evaluate")
+
+
+def engine_devices(engine: EngineConfig, gpu_type: str, replicas: int) -> tuple[str, float]:
+    """(device type, devices held) by `replicas` engines placed as `engine` says."""
+    if engine.accelerator == "gpu":
+        return gpu_type, float(replicas * engine.tensor_parallel_size
+                               * engine.pipeline_parallel_size)
+    return "CPU", replicas * engine.cpus_per_engine
+
+
+def teacher_devices(config: RunConfig) -> tuple[str, float]:
+    e = config.teacher.engine
+    return engine_devices(e, config.cluster.teacher_accelerator_type, e.replicas)
+
+
+def training_devices(config: RunConfig) -> tuple[str, float]:
+    t = config.training
+    if t.use_gpu:
+        return config.cluster.training_accelerator_type, float(t.num_workers)
+    return "CPU", t.num_workers * t.cpus_per_worker
+
+
+def evaluation_devices(config: RunConfig) -> tuple[str, float]:
+    """One model at a time: one serving engine, or the driver's CPU for the hf backend."""
+    if config.evaluation.backend == "hf":
+        return "CPU", 1.0
+    return engine_devices(config.serving.engine, config.cluster.serving_accelerator_type, 1)
+
+
+def _entry(config: RunConfig, code: str, stage: str, device: str, seconds: float) -> dict:
+    price = config.cluster.price_per_hour[device]
+    return {"language": code, "stage": stage, "device": device,
+            "device_seconds": round(seconds, 2), "usd": round(seconds / 3600 * price, 4)}
+
+
+def ledger(config: RunConfig, languages: list[Language], storage: Storage) -> list[dict]:
+    """One entry per (language, stage, device type) that has recorded device-seconds."""
+    from kakugo.evaluate.runner import result_files
+    from kakugo.generate.assemble import AssembleStage
+    from kakugo.generate.pipeline import GenerationStage
+
+    codes = [lang.flores_code for lang in languages]
+    seconds: dict[tuple[str, str, str], float] = {}
+
+    def add(code: str, stage: str, device: str | None, value: float | None) -> None:
+        if code in codes and device and value:
+            key = (code, stage, device)
+            seconds[key] = seconds.get(key, 0.0) + float(value)
+
+    for stage, root, steps in (("generate", "generate", GenerationStage.steps),
+                               ("dataset", "assemble", AssembleStage.steps)):
+        for step in steps:
+            manifest = storage.read_json(f"{root}/{step}/_manifest.json", default=None) or {}
+            for code, entry in manifest.get("languages", {}).items():
+                add(code, stage, manifest.get("device"), entry.get("device_seconds"))
+    for code in codes:
+        manifest = storage.read_json(f"train/{code}/_manifest.json", default=None) or {}
+        add(code, "train", manifest.get("device"), manifest.get("device_seconds"))
+        for rel in result_files(storage, code):
+            result = storage.read_json(rel)
+            add(code, "evaluate", result.get("device"), result.get("device_seconds"))
+    return [_entry(config, code, stage, device, value)
+            for (code, stage, device), value in sorted(seconds.items())]
+
+
+def usd_by_stage(entries: list[dict[str, Any]], code: str) -> dict[str, float]:
+    """$ per stage for one language, plus the total."""
+    out = {stage: 0.0 for stage in LEDGER_STAGES}
+    for e in entries:
+        if e["language"] == code:
+            out[e["stage"]] += e["usd"]
+    out["total"] = sum(out.values())
+    return {k: round(v, 4) for k, v in out.items()}

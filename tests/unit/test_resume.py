@@ -1,0 +1,19 @@
+"""What a rerun of an interrupted engine pass takes as done."""
+
+import pyarrow as pa
+
+from kakugo.generate.engine_pass import done_ids
+from kakugo.storage import Storage
+
+
+def test_done_ids_reads_finished_files_and_drops_one_cut_short(tmp_path):
+    storage = Storage(str(tmp_path))
+    storage.write_parquet("generate/respond/language=gla_Latn/a.parquet",
+                          pa.table({"id": ["r1", "r2"], "text": ["x", "y"]}))
+    storage.write_parquet("generate/respond/language=gla_Latn/b.parquet",
+                          pa.table({"id": ["r3"], "text": ["z"]}))
+    whole = (tmp_path / "generate/respond/language=gla_Latn/b.parquet").read_bytes()
+    (tmp_path / "generate/respond/language=gla_Latn/b.parquet").write_bytes(whole[:40])
+    assert done_ids(storage, "generate/respond") == {"r1", "r2"}
+    assert storage.list("generate/respond", recursive=True) == [
+        "generate/respond/language=gla_Latn/a.parquet"]
