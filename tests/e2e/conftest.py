@@ -53,8 +53,12 @@ def two_node_cluster(s3_server, tmp_path_factory):
             if _alive_nodes(address) >= 1:
                 break
             time.sleep(2)
+        # its own temp dir, as on another host: two nodes sharing one would unpack a job's
+        # working_dir into the same folder, each over the other
         nodes.append(subprocess.Popen(
-            [RAY, "start", f"--address={address}", *common],
+            [RAY, "start", f"--address={address}",
+             f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-node-', dir='/tmp')}",
+             *common],
             stdout=(logs / "node.log").open("w"), stderr=subprocess.STDOUT,
             start_new_session=True, env=ray_env()))
         for _ in range(90):

@@ -73,11 +73,15 @@ def ray_job(cluster: dict, *args: str) -> str:
     """`ray job ...` against the cluster's job server (with the cluster's auth token)."""
     proc = subprocess.run([RAY, "job", *args, "--address", cluster["jobs"]], env=ray_env(),
                           capture_output=True, text=True, check=True, timeout=120)
-    return proc.stdout
+    return proc.stdout + proc.stderr  # the CLI's own messages go to stderr
 
 
 def job_status(cluster: dict, job_id: str) -> str:
     out = ray_job(cluster, "status", job_id)
+    for phrase, status in (("' succeeded", "SUCCEEDED"), ("' was stopped", "STOPPED"),
+                           ("' failed", "FAILED")):
+        if phrase in out:
+            return status
     return re.search(r"Status for job '[^']+': (\w+)", out).group(1)
 
 
