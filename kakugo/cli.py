@@ -9,6 +9,7 @@ import sys
 
 from kakugo.config import ConfigError, RunConfig, load_config
 from kakugo.generate.contexts import ContextSourceError
+from kakugo.generate.engine_pass import TeacherPassError
 from kakugo.generate.filters import FilterSetupError
 from kakugo.generate.translate import TranslationSourceError
 from kakugo.languages import (
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             ContextSourceError, TranslationSourceError, FilterSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (StorageError, TrainingDataError) as exc:
+    except (StorageError, TrainingDataError, TeacherPassError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

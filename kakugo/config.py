@@ -79,6 +79,15 @@ class TeacherConfig(Strict):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    request_timeout_s: float = Field(
+        3600.0, gt=0, description="a teacher request unanswered after this many seconds "
+        "fails (its row is marked failed and sent again on a rerun) instead of hanging")
+    pass_attempts: int = Field(
+        3, ge=1, description="tries per engine pass: after a failure (e.g. a dead engine "
+        "replica) the teacher is waited for and only the missing rows are sent again")
+    max_failed_fraction: float = Field(
+        0.5, ge=0, le=1, description="an engine pass with a larger share of failed requests "
+        "(timeouts, lost replicas) fails its stage, naming the pass, languages and deployment")
 
 
 class StudentConfig(Strict):

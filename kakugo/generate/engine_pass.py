@@ -30,6 +30,7 @@ from kakugo.storage import Storage
 log = logging.getLogger("kakugo.generate")
 
 ROW_ID = "kakugo_row_id"
+FAILED = "failed"  # finish_reason of a request the teacher never answered
 OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens",
                   "completion_tokens", "error")
 
@@ -79,9 +80,10 @@ class Postprocess:
         self.mode = config.teacher.reasoning
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        refused = row.get("error")  # the engine's error response, e.g. a prompt too long
-        error = str(row.get("__inference_error__") or "") or (
-            str(refused.get("message") or refused) if isinstance(refused, dict) else "")
+        # the engine's error response, e.g. a prompt too long (requests that got no answer
+        # at all skip Postprocess: see failed_row)
+        refused = row.get("error")
+        error = str(refused.get("message") or refused) if isinstance(refused, dict) else ""
         choice = (row.get("choices") or [{}])[0] or {}
         text = (choice.get("message") or {}).get("content") or ""
         usage = row.get("usage") or {}
@@ -112,22 +114,29 @@ def teacher_template_kwargs(config: RunConfig) -> dict[str, Any] | None:
 
 def done_ids(storage: Storage, folder: str) -> set[str]:
     """Ids already written by earlier (possibly interrupted) runs of this pass. A file cut
-    short by the interruption (unreadable) is deleted: its rows are sent again."""
+    short by the interruption (unreadable) is deleted, and rows whose request failed are
+    taken out of their file: those rows are sent again."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
     for name in storage.list(folder, recursive=True):
-        if name.endswith(".parquet"):
-            try:
-                table = pq.read_table(storage.path(name), columns=["id"],
-                                      filesystem=storage.fs)
-            except pa.ArrowInvalid as exc:  # not OSError: a storage outage deletes nothing
-                log.warning("%s is unreadable (%s): deleted, its rows are sent again",
-                            storage.uri(name), exc)
-                storage.delete(name)
-                continue
-            ids.update(table.column("id").to_pylist())
+        if not name.endswith(".parquet"):
+            continue
+        try:
+            table = pq.read_table(storage.path(name), filesystem=storage.fs)
+        except pa.ArrowInvalid as exc:  # not OSError: a storage outage deletes nothing
+            log.warning("%s is unreadable (%s): deleted, its rows are sent again",
+                        storage.uri(name), exc)
+            storage.delete(name)
+            continue
+        if "finish_reason" in table.column_names:
+            failed = pc.equal(table.column("finish_reason"), FAILED)
+            if pc.any(failed).as_py():
+                table = table.filter(pc.invert(failed))
+                storage.write_parquet(name, table)  # whole-object replace
+        ids.update(table.column("id").to_pylist())
     return ids
 
 
@@ -173,7 +182,7 @@ class Teacher:
         serve.delete(TEACHER_APP)
         self.deployment = None
 
-    def processor_config(self):
+    def processor_config(self, request_timeout_s: float | None = None):
         from ray.data.llm import ServeDeploymentProcessorConfig
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
@@ -184,7 +193,22 @@ class Teacher:
             deployment_name=self.deployment, app_name=TEACHER_APP,
             dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
             batch_size=engine.batch_size, concurrency=engine.replicas,
-            should_continue_on_error=True)
+            should_continue_on_error=True, request_timeout_s=request_timeout_s)
+
+    def wait_until_running(self, timeout_s: float = 1800) -> None:
+        """Until Serve reports the teacher app running again (a lost replica is replaced)."""
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s
+        status = None
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get(TEACHER_APP)
+            status = app.status if app else None
+            if status == "RUNNING":
+                return
+            time.sleep(2)
+        raise TeacherPassError(f"the teacher app {TEACHER_APP} is not running after "
+                               f"{timeout_s:.0f} s (status {status})")
 
 
 class PassProgress:
@@ -243,23 +267,99 @@ class PassProgress:
                 log.warning("%s: progress unavailable: %s", self.folder, exc)
 
 
+class TeacherPassError(RuntimeError):
+    """An engine pass could not get its answers from the teacher."""
+
+
+def failed_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A request the teacher never answered (timeout, lost replica), in our columns. Ray's
+    stage returns such rows without calling Postprocess; they are sent again on a rerun."""
+    out = {k: row.get(k) for k in REQUEST_COLUMNS}
+    out["id"] = row.get(ROW_ID) or row["id"]
+    out.update(text="", reasoning="", items=[], finish_reason=FAILED, prompt_tokens=0,
+               completion_tokens=0, error=f"teacher request failed: {row['__inference_error__']}")
+    return out
+
+
+def output_row(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("__inference_error__"):
+        return failed_row(row)
+    return {k: v for k, v in row.items() if k != "__inference_error__"}
+
+
+def failures(storage: Storage, folder: str) -> dict[str, Any]:
+    """Failed requests in the pass's files: per-language counts and the first error."""
+    import pyarrow.dataset as pads
+
+    if not storage.list(folder, recursive=True):
+        return {"languages": {}, "first": ""}
+    dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
+                           partitioning="hive")
+    table = dataset.to_table(columns=["language", "error"],
+                             filter=pads.field("finish_reason") == FAILED).to_pylist()
+    counts: dict[str, int] = {}
+    for row in table:
+        counts[row["language"]] = counts.get(row["language"], 0) + 1
+    return {"languages": counts, "first": table[0]["error"] if table else ""}
+
+
 def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
              folder: str) -> dict[str, Any]:
-    """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet."""
+    """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet.
+
+    A failed attempt (e.g. an engine replica died: Serve starts another) is followed, after
+    the teacher is running again, by one that sends only the rows still missing, up to
+    `teacher.pass_attempts`. Too many failed requests fail the stage with a TeacherPassError.
+    """
     from ray.data.llm import build_processor
 
     started = time.monotonic()
+    attempts = config.teacher.pass_attempts
     skip = done_ids(storage, folder)
-    todo = requests.filter(lambda row: row["id"] not in skip) if skip else requests
-    totals = {row["language"]: int(row["count()"])
-              for row in todo.groupby("language").count().take_all()}
-    log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]", folder,
-             sum(totals.values()), len(skip),
-             ", ".join(f"{c} {n}" for c, n in sorted(totals.items())))
-    processor = build_processor(teacher.processor_config(), preprocess=Preprocess(config),
-                                postprocess=Postprocess(config))
-    with PassProgress(storage, folder, totals, config.progress_every_s) as progress:
-        processor(todo).write_parquet(storage.path(folder), filesystem=storage.fs,
-                                      partition_cols=["language"])
-        log.info("%s", progress.line())
-    return {"skipped_existing": len(skip), "wall_seconds": round(time.monotonic() - started, 2)}
+    skipped, sent, attempt = len(skip), 0, 0
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            skip = done_ids(storage, folder)
+        todo = requests.filter(lambda row, skip=skip: row["id"] not in skip) if skip else requests
+        # the requests of an attempt are computed once (spilled to disk if large) and counted
+        todo = todo.materialize()
+        if todo.count() == 0:
+            break
+        totals = {str(k): int(v) for k, v in todo.select_columns(["language"]).to_pandas()[
+            "language"].value_counts().items()}
+        sent = max(sent, sum(totals.values()))
+        log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]%s", folder,
+                 sum(totals.values()), len(skip),
+                 ", ".join(f"{c} {n}" for c, n in sorted(totals.items())),
+                 f", attempt {attempt} of {attempts}" if attempt > 1 else "")
+        processor = build_processor(
+            teacher.processor_config(request_timeout_s=config.teacher.request_timeout_s),
+            preprocess=Preprocess(config), postprocess=Postprocess(config))
+        try:
+            with PassProgress(storage, folder, totals, config.progress_every_s) as progress:
+                processor(todo).map(output_row).write_parquet(
+                    storage.path(folder), filesystem=storage.fs, partition_cols=["language"])
+                log.info("%s", progress.line())
+            break
+        except Exception as exc:  # retried; the last one is raised
+            if attempt == attempts:
+                raise TeacherPassError(
+                    f"{folder}: failed {attempts} times (teacher.pass_attempts) on the teacher "
+                    f"deployment {TEACHER_APP}/{teacher.deployment}; last error: "
+                    f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+            log.warning("%s: attempt %d of %d failed (%s: %s); waiting for the teacher, then "
+                        "sending the missing rows again", folder, attempt, attempts,
+                        type(exc).__name__, str(exc)[:300])
+            teacher.wait_until_running()
+    failed = failures(storage, folder)
+    n_failed = sum(failed["languages"].values())
+    if sent and n_failed > config.teacher.max_failed_fraction * sent:
+        raise TeacherPassError(
+            f"{folder}: {n_failed} of {sent} teacher requests failed ("
+            + ", ".join(f"{c}: {n}" for c, n in sorted(failed["languages"].items()))
+            + f") on the teacher deployment {TEACHER_APP}/{teacher.deployment}, more than "
+            f"teacher.max_failed_fraction={config.teacher.max_failed_fraction}; first error: "
+            f"{failed['first']}. Rerun to send them again.")
+    return {"skipped_existing": skipped, "sent": sent, "attempts": attempt,
+            "failed_requests": n_failed,
+            "wall_seconds": round(time.monotonic() - started, 2)}

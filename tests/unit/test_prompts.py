@@ -85,7 +85,7 @@ def _reply(text: str, finish: str = "stop", prompt: int = 7, completion: int = 1
 
 def test_postprocess_parses_lists_and_keeps_the_finish_reason():
     from kakugo.config import load_config
-    from kakugo.generate.engine_pass import Postprocess
+    from kakugo.generate.engine_pass import Postprocess, output_row
 
     post = Postprocess(load_config(None, ["teacher.reasoning=think_tags"]))
     ok = post(_postprocess_row(**_reply('<think>hm</think>{"items": ["a", " b "]}'),
@@ -96,8 +96,12 @@ def test_postprocess_parses_lists_and_keeps_the_finish_reason():
     assert (ok["prompt_tokens"], ok["completion_tokens"]) == (7, 12)
     cut = post(_postprocess_row(**_reply('{"items": ["a", "b', finish="length")))
     assert (cut["finish_reason"], cut["items"]) == ("length", [])
-    failed = post(_postprocess_row(__inference_error__="ActorDiedError: engine died"))
-    assert (failed["finish_reason"], failed["error"]) == ("error", "ActorDiedError: engine died")
+    # a request that got no answer skips Postprocess and becomes a failed row (sent again)
+    failed = output_row(_postprocess_row(id="r9", __inference_error__="TimeoutError: 600 s"))
+    assert (failed["id"], failed["finish_reason"]) == ("r9", "failed")
+    assert failed["error"] == "teacher request failed: TimeoutError: 600 s"
+    assert set(failed) == set(ok) and failed["items"] == []
+    assert "__inference_error__" not in output_row({**ok, "__inference_error__": ""})
     refused = post(_postprocess_row(error={"message": "prompt too long", "code": 400}))
     assert (refused["finish_reason"], refused["error"]) == ("error", "prompt too long")
     raw = post(_postprocess_row(**_reply('{"items": ["a\tb", "c\nd"]}')))

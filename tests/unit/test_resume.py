@@ -17,3 +17,14 @@ def test_done_ids_reads_finished_files_and_drops_one_cut_short(tmp_path):
     assert done_ids(storage, "generate/respond") == {"r1", "r2"}
     assert storage.list("generate/respond", recursive=True) == [
         "generate/respond/language=gla_Latn/a.parquet"]
+
+
+def test_rows_whose_request_failed_are_taken_out_to_be_sent_again(tmp_path):
+    storage = Storage(str(tmp_path))
+    storage.write_parquet("pass/language=gla_Latn/a.parquet", pa.table({
+        "id": ["r1", "r2", "r3"], "finish_reason": ["stop", "failed", "error"],
+        "error": ["", "teacher request failed: TimeoutError", "prompt too long"]}))
+    # r2 got no answer: sent again; r3 was refused by the engine: an answer, kept
+    assert done_ids(storage, "pass") == {"r1", "r3"}
+    kept = storage.read_parquet("pass/language=gla_Latn/a.parquet")
+    assert kept.column("id").to_pylist() == ["r1", "r3"]
