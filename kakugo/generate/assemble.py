@@ -50,6 +50,7 @@ CANDIDATE_COLUMNS = (
 # Filter verdict columns, in the order a reject reason is chosen.
 VERDICTS = ("translation", "basic", "language_id", "decontamination", "dedup")
 SFT_COLUMNS = ("id", "language", "category", "kind", "messages")
+WRITE_BATCH_ROWS = 10_000  # rows per dataset file
 REJECT_COLUMNS = ("id", "language", "category", "kind", "reject", "prompt", "response",
                   "turns")
 
@@ -231,14 +232,30 @@ class AssembleStage(Stage):
         code, config = lang.flores_code, self.config
         folder = f"{code}/dataset"
         self.storage.delete(folder)
-        candidates = self.read("candidates").filter(lambda row: row["language"] == code)
-        candidates.filter(lambda row: not row["reject"]).map(
-            lambda row: {**{c: row[c] for c in SFT_COLUMNS if c != "messages"},
-                         "messages": sft_messages(row, config)}
-        ).write_parquet(self.storage.path(f"{folder}/data"), filesystem=self.storage.fs)
-        candidates.filter(lambda row: bool(row["reject"])).select_columns(
-            list(REJECT_COLUMNS)).write_parquet(self.storage.path(f"{folder}/rejects"),
-                                                filesystem=self.storage.fs)
+        # the language's verdicts, streamed batch by batch out of the candidates (plain
+        # pyarrow: the heavy work is done, this is a split into kept and rejected rows)
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+
+        candidates = pads.dataset(self.storage.path(self.folder("candidates")),
+                                  format="parquet", filesystem=self.storage.fs,
+                                  partitioning="hive")
+        batches = candidates.to_batches(filter=pads.field("language") == code,
+                                        batch_size=WRITE_BATCH_ROWS)
+        # fixed schemas: every file of a folder reads back as one table
+        messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        schemas = {"data": pa.schema([*(candidates.schema.field(c) for c in SFT_COLUMNS
+                                        if c != "messages"), pa.field("messages", messages)]),
+                   "rejects": pa.schema([candidates.schema.field(c) for c in REJECT_COLUMNS])}
+        for index, batch in enumerate(batches):
+            rows = batch.to_pylist()
+            kept = [{**{c: row[c] for c in SFT_COLUMNS if c != "messages"},
+                     "messages": sft_messages(row, config)} for row in rows if not row["reject"]]
+            rejected = [{c: row[c] for c in REJECT_COLUMNS} for row in rows if row["reject"]]
+            for part, table in (("data", kept), ("rejects", rejected)):
+                if table:
+                    self.storage.write_parquet(f"{folder}/{part}/part-{index:05d}.parquet",
+                                               pa.Table.from_pylist(table, schemas[part]))
         counts = self.candidate_counts(code)
         kept = counts[counts["reject"] == ""]
         rejected = counts[counts["reject"] != ""]

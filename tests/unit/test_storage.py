@@ -78,3 +78,32 @@ def test_unwritable_local_root(tmp_path):
 def test_unsupported_scheme():
     with pytest.raises(StorageError, match="only local paths and s3://"):
         Storage("gs://bucket/x")
+
+
+def test_an_s3_outage_is_a_clear_error_and_loses_nothing(s3_server, monkeypatch):
+    """The S3 endpoint goes away mid-run: the write fails with an error naming the object;
+    back up on the same address, what was written before is intact and writing goes on."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="kakugo-outage")
+        storage = Storage("s3://kakugo-outage/run")
+        storage.write_json("generate/seeds/_manifest.json", {"rows": 3})
+        server.stop()
+        with pytest.raises(StorageError, match="s3://kakugo-outage/run/generate/expand"):
+            storage.write_json("generate/expand/_manifest.json", {"rows": 5})
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        assert storage.read_json("generate/seeds/_manifest.json") == {"rows": 3}
+        storage.write_json("generate/expand/_manifest.json", {"rows": 5})
+        assert storage.read_json("generate/expand/_manifest.json") == {"rows": 5}
+    finally:
+        server.stop()

@@ -1,0 +1,50 @@
+"""The dataset step's split of a language's candidates into kept rows (chat messages) and
+rejects, over several files, read back as one table each."""
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from kakugo.config import load_config
+from kakugo.generate import assemble
+from kakugo.generate.assemble import CANDIDATE_COLUMNS, AssembleStage
+from kakugo.languages import resolve
+from kakugo.storage import Storage
+
+
+def candidate(i: int, language: str, reject: str) -> dict:
+    row = {c: "" for c in CANDIDATE_COLUMNS}
+    row.update(id=f"c{i}", language=language, category="topic", kind="generated",
+               prompt=f"ceist {i}", response=f"freagairt {i}", reasoning="smaoin",
+               revised=False, prompt_tokens=3, completion_tokens=4, finish_reason="stop",
+               language_id_confidence=0.9, reject=reject)
+    if i % 5 == 0:
+        row["response"] = None  # a missing reply must not change the files' schema
+    return row
+
+
+def test_kept_and_rejected_rows_are_split_per_language(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(assemble, "WRITE_BATCH_ROWS", 4)  # several files per folder
+    storage = Storage(str(tmp_path))
+    rows = [candidate(i, "gla_Latn", "dedup: near duplicate" if i % 3 == 0 else "")
+            for i in range(11)] + [candidate(99, "cym_Latn", "")]
+    for code in ("gla_Latn", "cym_Latn"):
+        table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "language"}
+                                      for r in rows if r["language"] == code])
+        storage.write_parquet(f"assemble/candidates/language={code}/part-0.parquet", table)
+    config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}"])
+    stage = AssembleStage(config, [resolve("gd", data_dir)], storage)
+    stats = stage.write_language(resolve("gd", data_dir))
+
+    def read(part):
+        return pads.dataset(storage.path(f"gla_Latn/dataset/{part}"), format="parquet",
+                            filesystem=storage.fs).to_table().to_pylist()
+
+    kept, rejected = read("data"), read("rejects")
+    assert sorted(r["id"] for r in kept) == sorted(f"c{i}" for i in range(11) if i % 3)
+    assert sorted(r["id"] for r in rejected) == ["c0", "c3", "c6", "c9"]
+    assert len(storage.list("gla_Latn/dataset/data")) > 1  # written batch by batch
+    first = next(r for r in kept if r["id"] == "c1")
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][2]["content"].startswith("<think>\nsmaoin\n</think>")
+    assert all(r["reject"].startswith("dedup") for r in rejected)
+    assert stats["rows"] == len(kept) and stats["candidates"] == 11
