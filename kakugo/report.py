@@ -35,7 +35,7 @@ def evaluation_rows(storage: Storage) -> list[dict[str, Any]]:
     return rows
 
 
-def language_summary(config: RunConfig, lang: Language, storage: Storage,
+def language_summary(lang: Language, storage: Storage,
                      failure: dict[str, str] | None, entries: list[dict],
                      eval_rows: list[dict]) -> dict[str, Any]:
     from kakugo.generate.pipeline import GenerationStage
@@ -73,7 +73,7 @@ def build_report(config: RunConfig, languages: list[Language], storage: Storage,
                  failed: dict[str, dict[str, str]]) -> dict[str, Any]:
     entries = ledger(config, languages, storage)
     eval_rows = evaluation_rows(storage)
-    langs = [language_summary(config, lang, storage, failed.get(lang.flores_code), entries,
+    langs = [language_summary(lang, storage, failed.get(lang.flores_code), entries,
                               eval_rows) for lang in languages]
     totals = [entry["usd"]["total"] for entry in langs]
     mean = sum(totals) / len(totals) if totals else 0.0

@@ -125,17 +125,20 @@ def done_ids(storage: Storage, folder: str) -> set[str]:
         if not name.endswith(".parquet"):
             continue
         try:
-            table = pq.read_table(storage.path(name), filesystem=storage.fs)
+            schema = pq.read_schema(storage.path(name), filesystem=storage.fs)
+            columns = [c for c in ("id", "finish_reason") if c in schema.names]
+            table = pq.read_table(storage.path(name), columns=columns, filesystem=storage.fs)
         except pa.ArrowInvalid as exc:  # not OSError: a storage outage deletes nothing
             log.warning("%s is unreadable (%s): deleted, its rows are sent again",
                         storage.uri(name), exc)
             storage.delete(name)
             continue
-        if "finish_reason" in table.column_names:
+        if "finish_reason" in columns:
             failed = pc.equal(table.column("finish_reason"), FAILED)
-            if pc.any(failed).as_py():
-                table = table.filter(pc.invert(failed))
-                storage.write_parquet(name, table)  # whole-object replace
+            if pc.any(failed).as_py():  # rewrite the file without them (whole-object replace)
+                whole = pq.read_table(storage.path(name), filesystem=storage.fs)
+                table = whole.filter(pc.invert(failed))
+                storage.write_parquet(name, table)
         ids.update(table.column("id").to_pylist())
     return ids
 

@@ -117,6 +117,14 @@ def run_to_success(cluster: dict, out: str, job_id: str) -> str:
     return job_logs(cluster, job_id)
 
 
+def listing(s3, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> dict:
+    """Every object under `prefix` with its ETag and modification time."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for p in pages
+            for o in p.get("Contents", [])
+            if o["Key"].removeprefix(prefix) not in skip and not o["Key"].endswith("/")}
+
+
 @pytest.fixture(scope="module")
 def run(s3_server, two_node_cluster):
     bucket = "kakugo-e2e-run"
@@ -134,7 +142,8 @@ def run(s3_server, two_node_cluster):
     ray_job(cluster, "stop", "kakugo-e2e-stopped")
     assert wait_for(cluster, "kakugo-e2e-stopped", timeout=120) == "STOPPED"
     interrupted = {"stopped_log": job_logs(cluster, "kakugo-e2e-stopped"),
-                   "dataset_before": storage.exists("assemble/dataset/_manifest.json")}
+                   "dataset_before": storage.exists("assemble/dataset/_manifest.json"),
+                   "first_pass_before": listing(s3, bucket, f"runs/demo/generate/{STEPS[0]}/")}
     # 2. submitted again: resumes and finishes
     log = run_to_success(cluster, out, "kakugo-e2e-resumed")
     return {"out": out, "storage": storage, "s3": s3, "bucket": bucket, "log": log,
@@ -225,6 +234,9 @@ def test_the_stopped_job_was_stopped_mid_generation(run):
 def test_the_resumed_job_deploys_the_teacher_once_and_redoes_no_finished_pass(run):
     assert run["log"].count(TEACHER_READY) == 1
     assert f"generate/{STEPS[0]}: done earlier, skipped" in run["log"]
+    # the pass finished before the stop is untouched (same objects, same times)
+    assert run["first_pass_before"] and listing(
+        run["s3"], run["bucket"], f"runs/demo/generate/{STEPS[0]}/") == run["first_pass_before"]
     for step in STEPS:  # nothing was written twice
         ids = Counter(r["id"] for r in rows(run, step))
         assert ids and max(ids.values()) == 1, step
@@ -280,23 +292,15 @@ def test_the_batch_report_has_the_language_its_scores_and_its_cost(run):
 
 
 def test_submitting_again_does_no_engine_or_training_work(run):
-    def listing():
-        pages = run["s3"].get_paginator("list_objects_v2").paginate(
-            Bucket=run["bucket"], Prefix="runs/demo/")
-        rewritten = {"run.json", "status.json", "report.json", "report.md"}
-        return {o["Key"]: (o["ETag"], o["LastModified"]) for p in pages
-                for o in p.get("Contents", [])
-                if o["Key"].removeprefix("runs/demo/") not in rewritten
-                and not o["Key"].endswith("/")}
-
-    before = listing()
+    rewritten = ("run.json", "status.json", "report.json", "report.md")
+    before = listing(run["s3"], run["bucket"], "runs/demo/", rewritten)
     log = run_to_success(run["cluster"], run["out"], "kakugo-e2e-again")
     assert log.count("done earlier, skipped") == (
         len(STEPS) + len(AssembleStage.steps) + len(LANGS))
     assert TEACHER_READY not in log  # no engine started
     assert "[kakugo.train]" not in log  # no training worker
     assert "evaluate gla_Latn" not in log  # no lm-eval run
-    assert listing() == before
+    assert listing(run["s3"], run["bucket"], "runs/demo/", rewritten) == before
 
 
 def dataset_rows(run, lang, part):
