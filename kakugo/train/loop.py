@@ -162,12 +162,19 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             return None
         engine.eval()
         total = count = 0.0
+        own = seen = 0
+        last = None
         with torch.no_grad():  # every rank reads the whole set and scores its share
             for index, batch in enumerate(batches(val_shard)):
+                seen, last = index + 1, batch
                 if index % world != rank:
                     continue
                 loss, targets = forward(batch)
-                total, count = total + loss.item() * targets, count + targets
+                total, count, own = total + loss.item() * targets, count + targets, own + 1
+            # a ZeRO-3 forward gathers parameters from every rank: all ranks must run as
+            # many forwards, so a rank with a smaller share repeats one and discards it
+            for _ in range(-(-seen // world) - own):
+                forward(last)
         engine.train()
         return _mean_across_ranks(total, count, device)
 
