@@ -1,4 +1,5 @@
-"""`kakugo` command line: run | generate | train | evaluate | serve | languages | models | config."""
+"""`kakugo` command line: run | generate | train | evaluate | serve | push | languages | models |
+config."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from kakugo.languages import (
     resolve,
 )
 from kakugo.models import EMBEDDED, ModelError, build_embedded
+from kakugo.publish import PublishError
 from kakugo.run import RunConflictError, distill_batch
 from kakugo.serve import ServeConfigError
 from kakugo.storage import StorageError
@@ -157,6 +159,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from kakugo.publish import push
+    from kakugo.run import resolve_languages
+    from kakugo.storage import Storage
+
+    config = _config_from(args)
+    kinds = tuple(args.only.split(",")) if args.only else ("dataset", "model")
+    done = push(config, resolve_languages(config), Storage(config.output),
+                dry_run=args.dry_run, kinds=kinds)
+    for item in done:
+        verb = "pushed" if item["uploaded"] else "would push"
+        print(f"{verb} {item['language']} {item['kind']} -> {item['repo_id']} "
+              f"({len(item['files'])} files: {', '.join(item['files'])})")
+    if args.dry_run:
+        print(f"dry run: {len(done)} repos planned, every card checked; nothing was sent")
+    return 0
+
+
 def _add_batch_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
     _add_config_args(p)
     p.add_argument("--languages", "--language", dest="languages",
@@ -202,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a `serve deploy` config file for the same app instead")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("push", help="upload each language's dataset and model with their "
+                       "cards to the Hugging Face Hub (kakugo-{iso}, kakugo-3B-{iso})")
+    _add_batch_args(p, restart=False)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the cards and list what would be uploaded; send nothing")
+    p.add_argument("--only", choices=["dataset", "model"], help="push only this kind")
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("languages", help="resolve languages and show evaluation coverage")
     p.add_argument("items", nargs="*", help="names or codes (default: the paper's 54)")
     p.add_argument("--data-dir", help="local evaluation data (default: $KAKUGO_DATA_DIR)")
@@ -229,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
-            ContextSourceError, TranslationSourceError, FilterSetupError) as exc:
+            ContextSourceError, TranslationSourceError, FilterSetupError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (StorageError, TrainingDataError, TeacherPassError) as exc:

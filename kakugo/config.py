@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,26 +45,32 @@ class EngineConfig(Strict):
     )
     replicas: int = Field(1, ge=1, description="engine replicas (data parallel)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
-    pipeline_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages per engine "
+                                        "(GPUs per engine = tensor x pipeline)")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPU bundle size when accelerator=cpu")
     batch_size: int = Field(64, ge=1, description="rows per Ray Data batch; each batch's "
                             "requests are in flight at once")
     max_num_seqs: int = Field(256, ge=1, description="vLLM max concurrent sequences")
-    max_model_len: int = Field(8192, ge=128)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    enforce_eager: bool = False
+    max_model_len: int = Field(8192, ge=128, description="longest prompt + reply in tokens")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations; auto takes the model's own")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU "
+                                          "memory vLLM may take (weights + KV cache)")
+    enforce_eager: bool = Field(False, description="no CUDA graphs / torch.compile (faster "
+                                "start, slower decoding)")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
-    extra_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    extra_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more vllm engine arguments, passed as given")
 
 
 class SamplingConfig(Strict):
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     max_tokens: int = Field(2048, ge=1, description="new tokens for responses")
     list_max_tokens: int = Field(2048, ge=1, description="new tokens for JSON list calls")
     list_item_max_chars: int = Field(2000, ge=8, description="longest string in a list reply")
-    repetition_penalty: float = Field(1.0, gt=0)
+    repetition_penalty: float = Field(1.0, gt=0, description="vLLM repetition penalty "
+                                      "(1 = none)")
 
 
 class TeacherConfig(Strict):
@@ -76,7 +83,8 @@ class TeacherConfig(Strict):
     reasoning: Literal["none", "think_tags", "gpt_oss"] = Field(
         "none", description="how the reasoning trace is separated from the answer"
     )
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = Field(
+        None, description="passed to the chat template (gpt-oss reasoning effort)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     request_timeout_s: float = Field(
@@ -110,7 +118,8 @@ class TopicsConfig(Strict):
             "sciences",
             "social sciences",
             "humanities",
-        ]
+        ],
+        description="seed topics of the general variant",
     )
     language_seeds: list[str] = Field(
         default_factory=lambda: [
@@ -122,12 +131,15 @@ class TopicsConfig(Strict):
             "{language} society",
             "daily life of {language} speakers",
             "health of {language} speakers",
-        ]
+        ],
+        description="seed topics of the language-specific variant ({language} is the "
+        "language name)",
     )
-    macro_topics_per_seed: int = Field(20, ge=0)
-    topics_per_macro_topic: int = Field(10, ge=0)
-    min_prompts_per_topic: int = Field(1, ge=0)
-    max_prompts_per_topic: int = Field(3, ge=0)
+    macro_topics_per_seed: int = Field(20, ge=0, description="macro-topics listed per seed")
+    topics_per_macro_topic: int = Field(10, ge=0, description="topics listed per macro-topic")
+    min_prompts_per_topic: int = Field(1, ge=0, description="prompts per topic: drawn "
+                                       "between min and max")
+    max_prompts_per_topic: int = Field(3, ge=0, description="see min_prompts_per_topic")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> TopicsConfig:
@@ -141,8 +153,8 @@ class TopicsConfig(Strict):
 
 class ScenariosConfig(Strict):
     broad_scenarios: int = Field(30, ge=0, description="per variant (general, language-specific)")
-    detailed_per_broad: int = Field(30, ge=0)
-    prompts_per_scenario: int = Field(5, ge=0)
+    detailed_per_broad: int = Field(30, ge=0, description="detailed scenarios per broad one")
+    prompts_per_scenario: int = Field(5, ge=0, description="prompts per detailed scenario")
 
 
 class ContextsConfig(Strict):
@@ -151,12 +163,13 @@ class ContextsConfig(Strict):
         description="'fineweb2' (HuggingFaceFW/fineweb-2, streamed) or a local/s3 path "
         "(txt/jsonl/parquet; may contain {iso639_3}, {flores_code})",
     )
-    max_texts: int = Field(10000, ge=0)
+    max_texts: int = Field(10000, ge=0, description="context texts read per language")
     max_text_tokens: int = Field(1000, ge=1, description="texts cut to this many student tokens")
     prompts_per_text: int = Field(3, ge=1, description="teacher writes k prompts, one kept")
     task_weights: dict[Literal["translate", "summarize", "improve", "classify", "qa"], int] = (
         Field(default_factory=lambda: {"translate": 1, "summarize": 1, "improve": 1,
-                                       "classify": 1, "qa": 4})
+                                       "classify": 1, "qa": 4},
+              description="relative frequency of the task asked about each context text")
     )
 
     @model_validator(mode="after")
@@ -183,12 +196,13 @@ class TranslationConfig(Strict):
         "or embedded:english-instructions",
     )
     subset: str | None = Field("7M_core", description="hub dataset config")
-    split: str = "train"
-    rows: int = Field(15000, ge=0)
+    split: str = Field("train", description="hub dataset split")
+    rows: int = Field(15000, ge=0, description="conversations translated per language")
     max_source_tokens: int = Field(2048, ge=1, description="source rows longer are dropped")
     max_tokens: int = Field(4096, ge=1, description="reply limit for one translated conversation")
-    min_token_ratio: float = Field(0.75, gt=0)
-    max_token_ratio: float = Field(25.0, gt=0)
+    min_token_ratio: float = Field(0.75, gt=0, description="translation kept if its token "
+                                   "count / the source's is between min and max")
+    max_token_ratio: float = Field(25.0, gt=0, description="see min_token_ratio")
 
     @model_validator(mode="after")
     def _ratio(self) -> TranslationConfig:
@@ -205,59 +219,75 @@ FilterAction = Literal["drop", "annotate", "off"]
 
 class FiltersConfig(Strict):
     basic: FilterAction = Field("drop", description="empty/unfinished rows, media placeholders")
-    dedup: FilterAction = "drop"
+    dedup: FilterAction = Field("drop", description="exact and near-duplicate prompts")
     dedup_threshold: float = Field(0.8, ge=0, le=1, description="near-duplicate Jaccard")
-    language_id: FilterAction = "drop"
-    language_id_min_confidence: float = Field(0.5, ge=0, le=1)
+    language_id: FilterAction = Field("drop", description="replies not in the target "
+                                      "language (fastText LID)")
+    language_id_min_confidence: float = Field(0.5, ge=0, le=1, description="LID "
+                                              "probability needed for a verdict")
     language_id_model: str = Field(
         "hf:cis-lmu/glotlid/model.bin",
         description="fastText LID model: hf:REPO/FILE, a local or s3:// file, or "
         "embedded:lid176 (fastText lid.176, bundled, fewer languages)",
     )
-    decontamination: FilterAction = "drop"
-    decontamination_ngram: int = Field(13, ge=4)
-    min_rows_per_language: int = Field(1000, ge=1)
+    decontamination: FilterAction = Field("drop", description="rows sharing an n-gram with "
+                                          "an evaluation set")
+    decontamination_ngram: int = Field(13, ge=4, description="n of the shared word n-gram")
+    min_rows_per_language: int = Field(1000, ge=1, description="a language with fewer kept "
+                                       "rows fails the dataset stage (the others go on)")
 
 
 class DatasetConfig(Strict):
     think_system_prompt: str = Field(
         "Think step by step inside <think> </think> tags before you answer.",
+        description="system prompt of rows trained with the reasoning trace",
     )
-    concise_system_prompt: str = "Answer concisely."
+    concise_system_prompt: str = Field("Answer concisely.", description="system prompt "
+                                       "of rows trained without it")
     token_limited: bool = Field(False, description="drop reasoning traces to save tokens")
     license: str = Field("cc-by-sa-4.0", description="dataset card license (Infinity-Instruct "
                          "is CC-BY-SA 4.0)")
 
 
 class TrainingConfig(Strict):
-    num_workers: int = Field(8, ge=1)
-    use_gpu: bool = True
-    cpus_per_worker: float = Field(1.0, gt=0)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    zero_stage: Literal[0, 1, 2, 3] = 3
-    precision: Literal["bf16", "fp32"] = "bf16"
-    learning_rate: float = Field(1e-5, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    epochs: int = Field(1, ge=1)
+    num_workers: int = Field(8, ge=1, description="Ray Train workers (one per GPU)")
+    use_gpu: bool = Field(True, description="one GPU per worker; false trains on CPU (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how workers are placed on nodes (Ray placement group)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="training precision")
+    learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="decay after warmup")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    epochs: int = Field(1, ge=1, description="passes over the dataset")
     max_steps: int | None = Field(None, ge=1, description="stop early (tests, smoke runs)")
-    micro_batch_size: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    cutoff_len: int = Field(8000, ge=16)
-    packing: bool = True
+    micro_batch_size: int = Field(1, ge=1, description="packed rows per worker and forward")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per "
+                                             "optimizer step (global batch = workers x "
+                                             "micro batch x this)")
+    cutoff_len: int = Field(8000, ge=16, description="tokens per packed row; longer "
+                            "samples are cut")
+    packing: bool = Field(True, description="pack samples into rows of cutoff_len tokens")
     attention: Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"] = Field(
         "sdpa", description="attention kernel; packed samples are kept apart in each: "
         "sdpa/eager with a block-diagonal mask (any device), flash_attention_2 (GPU, needs "
         "flash-attn) and torch_varlen (GPU, PyTorch's flash varlen kernel) with sample "
         "boundaries")
-    gradient_checkpointing: bool = True
-    validation_fraction: float = Field(0.02, ge=0, lt=1)
-    report_every_steps: int = Field(10, ge=1)
-    checkpoint_every_steps: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(3, ge=0)
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the "
+                                         "backward pass (less memory)")
+    validation_fraction: float = Field(0.02, ge=0, lt=1, description="share of samples "
+                                       "held out for the validation loss")
+    report_every_steps: int = Field(10, ge=1, description="metrics (loss, val loss, lr, "
+                                    "tokens/s) every this many steps")
+    checkpoint_every_steps: int = Field(500, ge=1, description="checkpoint to the run's "
+                                        "storage every this many steps")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the latest ones)")
+    max_failures: int = Field(3, ge=0, description="worker failures survived, each "
+                              "resuming from the latest checkpoint")
     repetition_penalty: float = Field(1.05, gt=0, description="written to generation_config")
 
     @model_validator(mode="after")
@@ -269,9 +299,10 @@ class TrainingConfig(Strict):
 
 
 class ModelServingConfig(Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_ongoing_requests: int = Field(16, ge=1)
+    min_replicas: int = Field(1, ge=0, description="0 lets a model scale to zero")
+    max_replicas: int = Field(1, ge=1, description="autoscaling upper bound")
+    target_ongoing_requests: int = Field(16, ge=1, description="autoscaling target per "
+                                         "replica")
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelServingConfig:
@@ -283,15 +314,17 @@ class ModelServingConfig(Strict):
 
 
 class ServingConfig(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address the HTTP API binds")
+    port: int = Field(8000, ge=1, le=65535, description="port of the HTTP API")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     teacher: ModelServingConfig = Field(default_factory=ModelServingConfig)
     students: ModelServingConfig = Field(
         default_factory=lambda: ModelServingConfig(min_replicas=0, max_replicas=1)
     )
-    max_request_bytes: int = Field(1_000_000, ge=1024)
-    max_tokens_limit: int = Field(4096, ge=1)
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies "
+                                   "are refused (413)")
+    max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request "
+                                  "may ask for (400 above)")
 
 
 EvalTask = Literal["sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"]
@@ -300,20 +333,56 @@ EvalTask = Literal["sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_
 class EvaluationConfig(Strict):
     tasks: list[EvalTask] = Field(
         default_factory=lambda: ["belebele", "sib200", "global_mmlu", "flores_en_xx",
-                                 "flores_xx_en"]
+                                 "flores_xx_en"],
+        description="tasks run for each language they cover",
     )
-    num_fewshot: int = Field(3, ge=0)
+    num_fewshot: int = Field(3, ge=0, description="examples in each prompt")
     limit: int | None = Field(None, ge=1, description="documents per task (None = all)")
     data_dir: str | None = Field(
         None, description="local evaluation data; defaults to $KAKUGO_DATA_DIR, else the hub"
     )
-    max_gen_tokens: int = Field(256, ge=1)
+    max_gen_tokens: int = Field(256, ge=1, description="reply limit of generation tasks "
+                                "(translation)")
     concurrency: int = Field(8, ge=1, description="requests in flight per model (serve backend)")
     backend: Literal["serve", "hf"] = Field(
         "serve", description="serve: the models over HTTP through the run's Ray Serve app; "
         "hf: loaded in-process with transformers (quick local runs)")
     url: str | None = Field(None, description="an already running OpenAI-compatible endpoint "
                             "(…/v1) serving the students; default: start the run's app")
+
+
+HUB_REPO_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+TEMPLATE_EXAMPLE = {"iso639_3": "gla", "flores_code": "gla_Latn", "tag": "gd",
+                    "name": "Scottish Gaelic"}
+
+
+class PublishConfig(Strict):
+    """Where `kakugo push` puts each language's dataset and model on the Hugging Face Hub
+    (the paper's names: datasets kakugo-{iso639_3}, models kakugo-3B-{iso639_3})."""
+
+    namespace: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="hub user or organization of the repos; null: the token's own account")
+    dataset_repo: str = Field("kakugo-{iso639_3}", description="dataset repo name; "
+                              "placeholders {iso639_3}, {flores_code}, {tag}, {name}")
+    model_repo: str = Field("kakugo-3B-{iso639_3}", description="model repo name; same "
+                            "placeholders")
+    private: bool = Field(False, description="create the repos private")
+
+    @field_validator("dataset_repo", "model_repo")
+    @classmethod
+    def _repo_template(cls, value: str) -> str:
+        try:
+            example = value.format(**TEMPLATE_EXAMPLE)
+        except (KeyError, IndexError, ValueError) as exc:
+            allowed = ", ".join(f"{{{k}}}" for k in TEMPLATE_EXAMPLE)
+            raise ValueError(f"template {value!r} has an unknown or malformed placeholder "
+                             f"({exc}); allowed: {allowed}") from None
+        if not re.match(HUB_REPO_NAME, example):
+            raise ValueError(f"template {value!r} gives {example!r}, not a hub repo name "
+                             "(letters, digits, '.', '_', '-'; the namespace is "
+                             "publish.namespace)")
+        return value
 
 
 DEFAULT_PRICES = {"CPU": 0.05, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3}
@@ -355,10 +424,12 @@ class ClusterConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str = Field("kakugo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    languages: list[str] = Field(default_factory=list)
+    name: str = Field("kakugo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="run name (job and app names)")
+    languages: list[str] = Field(default_factory=list, description="languages of the "
+                                 "batch by name or code, when not given on the command line")
     output: str = Field("runs/kakugo", description="local path or s3://bucket/prefix")
-    seed: int = 0
+    seed: int = Field(0, description="seed of sampling, shuffles and splits")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -369,6 +440,7 @@ class RunConfig(Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     progress_every_s: float = Field(30.0, gt=0, description="seconds between progress lines "
                                     "(rows done, rate, ETA) while engine passes run")
 

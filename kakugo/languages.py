@@ -43,6 +43,11 @@ class Language:
         """The BCP-47 tag, e.g. 'gd' or 'swh'."""
         return str(langcodes.Language.get(self.iso639_3))
 
+    def fill(self, template: str) -> str:
+        """A name template filled in: {iso639_3}, {flores_code}, {tag}, {name}."""
+        return template.format(iso639_3=self.iso639_3, flores_code=self.flores_code,
+                               tag=self.tag, name=self.name)
+
     def __str__(self) -> str:
         return f"{self.name} ({self.flores_code})"
 

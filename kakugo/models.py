@@ -34,8 +34,7 @@ SourceKind = Literal["embedded", "local", "s3", "hub"]
 
 def tuned_model_name(config: RunConfig, lang: Language) -> str:
     """The tuned student's name (`student.tuned_name_template`), e.g. kakugo-gla."""
-    return config.student.tuned_name_template.format(
-        iso639_3=lang.iso639_3, flores_code=lang.flores_code, tag=lang.tag, name=lang.name)
+    return lang.fill(config.student.tuned_name_template)
 
 
 def tuned_model_dir(flores_code: str) -> str:

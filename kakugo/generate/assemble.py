@@ -230,7 +230,7 @@ class AssembleStage(Stage):
 
     def write_language(self, lang: Language) -> dict[str, Any]:
         code, config = lang.flores_code, self.config
-        folder = f"{code}/dataset"
+        folder = dataset_dir(code)
         self.storage.delete(folder)
         # the language's verdicts, streamed batch by batch out of the candidates (plain
         # pyarrow: the heavy work is done, this is a split into kept and rejected rows)
@@ -298,6 +298,11 @@ def llamafactory_info(lang: Language) -> dict[str, Any]:
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"},
     }}
+
+
+def dataset_dir(flores_code: str) -> str:
+    """Where a language's SFT set is written, relative to the output root."""
+    return f"{flores_code}/dataset"
 
 
 def _size_category(rows: int) -> str:

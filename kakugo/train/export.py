@@ -16,7 +16,7 @@ def model_card(cfg: dict[str, Any]) -> str:
     lang, t = cfg["language"], cfg["training"]
     header = {"language": [lang["tag"]], "license": "apache-2.0", "library_name": "transformers",
               "pipeline_tag": "text-generation", "base_model": cfg["student_model"],
-              "datasets": [f"kakugo-{lang['tag']}"], "tags": ["kakugo", "distillation"]}
+              "datasets": [cfg["dataset_repo"]], "tags": ["kakugo", "distillation"]}
     import yaml
 
     return f"""---

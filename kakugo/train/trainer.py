@@ -22,6 +22,7 @@ from kakugo.costs import training_devices
 from kakugo.generate.requests import fraction_of
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
+from kakugo.publish import repo_id
 from kakugo.storage import Storage
 from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
 
@@ -143,6 +144,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "student_model": config.student.model,
         "language": {**asdict(lang), "tag": lang.tag},
         "model_name": tuned_model_name(config, lang),
+        "dataset_repo": repo_id(config, lang, "dataset"),  # the model card names it
         "output": storage.root,  # absolute: workers do not share the driver's cwd
         "model_folder": tuned_model_dir(code),
         "metrics_path": f"train/{code}/metrics.jsonl",

@@ -129,3 +129,15 @@ def test_digest_is_stable_and_sensitive():
     c = load_config(None, ["seed=1"])
     assert c.digest() != a.digest()
     assert c.digest("training") == a.digest("training")
+
+
+def test_every_key_is_documented_and_the_reference_is_current():
+    from kakugo import config_reference
+
+    assert config_reference.undocumented() == []
+    assert config_reference.DOC.read_text(encoding="utf-8") == config_reference.render(), (
+        "docs/configuration.md is stale: run python -m kakugo.config_reference")
+    keys = {ln.split("`")[1] for ln in config_reference.render().splitlines()
+            if ln.startswith("| `")}
+    assert {"teacher.engine.replicas", "serving.students.min_replicas",
+            "training.cutoff_len", "cluster.price_per_hour"} <= keys
