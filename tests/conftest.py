@@ -41,26 +41,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class S3Endpoint(dict):
+    """The endpoint's environment (AWS_ENDPOINT_URL and test credentials), and stop() /
+    start() to take it down and bring it back on the same address with its objects (moto
+    keeps them in this process)."""
+
+    def __init__(self, port: int):
+        super().__init__({
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "kakugo-test-key-id",
+            "AWS_SECRET_ACCESS_KEY": "kakugo-test-secret-key",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        })
+        self.port = port
+        self.server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 HTTP endpoint (moto) on 127.0.0.1, with test credentials in the environment."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "kakugo-test-key-id",
-        "AWS_SECRET_ACCESS_KEY": "kakugo-test-secret-key",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    endpoint = S3Endpoint(free_port())
+    endpoint.start()
+    saved = {k: os.environ.get(k) for k in endpoint}
+    os.environ.update(endpoint)
     try:
-        yield env
+        yield endpoint
     finally:
-        server.stop()
+        endpoint.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -31,7 +31,7 @@ from kakugo.evaluate.taskset import EvalTask, render
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
 from kakugo.serve.app import has_tuned_model
-from kakugo.storage import Storage
+from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.evaluate")
 
@@ -135,6 +135,8 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                 try:
                     ran |= evaluate_language(config, lang_tasks, plan[lang.flores_code],
                                              task_dir, url, storage)
+                except StorageError:  # the output root is down: not this language's fault
+                    raise
                 except Exception as exc:  # one language must not sink the batch
                     log.exception("evaluate %s failed", lang.flores_code)
                     failed[lang.flores_code] = f"{type(exc).__name__}: {exc}"

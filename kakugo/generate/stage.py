@@ -21,7 +21,7 @@ from kakugo.costs import teacher_devices
 from kakugo.generate.engine_pass import Teacher, run_pass
 from kakugo.languages import Language
 from kakugo.models import ModelSource
-from kakugo.storage import Storage
+from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.generate")
 
@@ -154,18 +154,35 @@ class Stage:
         log.info("%s/%s (step %d of %d): running for %s", self.root, step,
                  self.steps.index(step) + 1, len(self.steps), ", ".join(self.codes))
         started, started_at = time.monotonic(), now()
-        dataset = build()
-        if isinstance(dataset, dict):
-            return self._finish(step, started, started_at, {}, languages=dataset)
-        if step in self.engine_steps:
-            extra = run_pass(dataset, self.config, self._teacher, self.storage,
-                             self.folder(step))
-        else:  # a derived table: deterministic, so rewritten whole
-            self.storage.delete(self.folder(step))
-            dataset.write_parquet(self.storage.path(self.folder(step)),
-                                  filesystem=self.storage.fs, partition_cols=["language"])
-            extra = {}
+        try:
+            dataset = build()
+            if isinstance(dataset, dict):
+                return self._finish(step, started, started_at, {}, languages=dataset)
+            if step in self.engine_steps:
+                extra = run_pass(dataset, self.config, self._teacher, self.storage,
+                                 self.folder(step))
+            else:  # a derived table: deterministic, so rewritten whole
+                self.storage.delete(self.folder(step))
+                dataset.write_parquet(self.storage.path(self.folder(step)),
+                                      filesystem=self.storage.fs, partition_cols=["language"])
+                extra = {}
+        except StorageError:
+            raise
+        except Exception as exc:
+            self._raise_if_storage_is_down(step, exc)
+            raise
         return self._finish(step, started, started_at, extra)
+
+    def _raise_if_storage_is_down(self, step: str, exc: Exception) -> None:
+        """A step that failed while the output root is unreachable (Ray Data's readers and
+        writers report it in their own words) fails with a StorageError saying so."""
+        try:
+            self.storage.check_writable()
+        except StorageError as down:
+            raise StorageError(
+                f"{self.root}/{step}: the output root {self.storage.root} is unreachable "
+                f"({down}); the step stopped with {type(exc).__name__}. What was written "
+                "before is kept: rerun once the storage is back to resume here") from exc
 
     def run(self) -> dict[str, dict[str, Any]]:
         """Every step in order; the teacher is deployed once if any engine step is left."""

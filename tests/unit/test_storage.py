@@ -84,26 +84,46 @@ def test_an_s3_outage_is_a_clear_error_and_loses_nothing(s3_server, monkeypatch)
     """The S3 endpoint goes away mid-run: the write fails with an error naming the object;
     back up on the same address, what was written before is intact and writing goes on."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    from tests.conftest import free_port
+    from tests.conftest import S3Endpoint, free_port
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    endpoint = S3Endpoint(free_port())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint["AWS_ENDPOINT_URL"])
+    endpoint.start()
     try:
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="kakugo-outage")
+        boto3.client("s3", endpoint_url=endpoint["AWS_ENDPOINT_URL"]).create_bucket(
+            Bucket="kakugo-outage")
         storage = Storage("s3://kakugo-outage/run")
         storage.write_json("generate/seeds/_manifest.json", {"rows": 3})
-        server.stop()
+        endpoint.stop()
         with pytest.raises(StorageError, match="s3://kakugo-outage/run/generate/expand"):
             storage.write_json("generate/expand/_manifest.json", {"rows": 5})
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-        server.start()
+        endpoint.start()
         assert storage.read_json("generate/seeds/_manifest.json") == {"rows": 3}
         storage.write_json("generate/expand/_manifest.json", {"rows": 5})
         assert storage.read_json("generate/expand/_manifest.json") == {"rows": 5}
+
+        # a step that fails in its own words (as Ray Data's readers do) while the storage
+        # is down fails as a StorageError that says so; its finished steps are kept
+        from kakugo.config import load_config
+        from kakugo.generate.stage import Stage
+
+        class TwoSteps(Stage):
+            root, steps, config_sections = "demo", ("first", "second"), ("seed",)
+
+            def build_first(self):
+                return {}
+
+            def build_second(self):
+                endpoint.stop()
+                raise OSError("read failed: connection refused")
+
+        with pytest.raises(StorageError, match=r"demo/second: the output root "
+                           r"s3://kakugo-outage/run is unreachable .*rerun once the storage "
+                           r"is back to resume here"):
+            TwoSteps(load_config(None), [], storage).run()
+        endpoint.start()
+        assert storage.exists("demo/first/_manifest.json")
+        assert not storage.exists("demo/second/_manifest.json")
     finally:
-        server.stop()
+        endpoint.stop()
