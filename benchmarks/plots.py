@@ -1,0 +1,122 @@
+"""A PNG next to each benchmark result: benchmarks/results/NAME.json -> NAME.png.
+
+    python benchmarks/plots.py                     # every results/*.json
+    python benchmarks/plots.py results/scaling.json
+
+Each benchmark's JSON is drawn as a row of bar panels (what it compares, with the machine
+it ran on in the title).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+Panels = list[tuple[str, dict[str, float]]]
+
+
+def _scaling(d: dict) -> Panels:
+    batches = {f"{b['languages']} lang.": b for b in d["batches"]}
+    panels = [("wall seconds per batch", {k: b["wall_seconds"] for k, b in batches.items()}),
+              ("wall seconds per language", {k: b["wall_seconds_per_language"]
+                                             for k, b in batches.items()}),
+              ("generated rows per second", {k: b["rows_per_second"]
+                                             for k, b in batches.items()})]
+    if "reference_flow" in d:
+        ref = d["reference_flow"]
+        panels.append((f"{len(ref['languages'])} languages: wall seconds",
+                       {"our batch run": ref["ours"]["wall_seconds"],
+                        "reference flow": ref["reference"]["wall_seconds"]}))
+    return panels
+
+
+def _generation(d: dict) -> Panels:
+    return [("wall seconds", {"one batch pipeline": d["batch_wall_seconds"],
+                              "one pipeline per language": sum(
+                                  d["per_language_wall_seconds"].values())}),
+            ("respond pass tokens/s", {"pipeline": d["respond_pass"]["tokens_per_second"],
+                                       "direct vLLM": d["direct_engine"]["tokens_per_second"]})]
+
+
+def _training(d: dict) -> Panels:
+    return [("tokens/s", {"Ray Train + ZeRO-3": d["ray_train_tokens_per_second"],
+                          "bare loop": d["bare_loop_tokens_per_second"]}),
+            ("packing efficiency", {"packed rows": d["packing_efficiency"]})]
+
+
+def _serving(d: dict) -> Panels:
+    sides = {"Ray Serve": d["ray_serve"], "vLLM server": d["vllm_openai_server"]}
+    return [("requests/s", {k: v["requests_per_second"] for k, v in sides.items()}),
+            ("latency p50 (s)", {k: v["latency_p50_s"] for k, v in sides.items()}),
+            ("latency p99 (s)", {k: v["latency_p99_s"] for k, v in sides.items()}),
+            ("errors", {k: v["errors"] for k, v in sides.items()})]
+
+
+def _gpu_train(d: dict) -> Panels:
+    sides = {"bare loop": d["bare_loop"], "ours (ZeRO-3)": d["ours_zero3"]}
+    return [("tokens/s", {k: v["tokens_per_second"] for k, v in sides.items()}),
+            ("MFU", {k: v["mfu"] for k, v in sides.items()}),
+            ("peak memory (GiB)", {k: v["peak_memory_gib"] for k, v in sides.items()})]
+
+
+def _language_id(d: dict) -> Panels:
+    covered = {k: v for k, v in d["per_language"].items() if "top1_accuracy" in v}
+    return [("top-1 accuracy", {k[:3]: v["top1_accuracy"] for k, v in covered.items()}),
+            (f"pass rate at {d['min_confidence']}", {k[:3]: v["pass_rate"]
+                                                     for k, v in covered.items()})]
+
+
+def _eval_fidelity(d: dict) -> Panels:
+    return [("accuracy", {"our task": d["accuracy_ours"],
+                          "registry task": d["accuracy_registry"]})]
+
+
+PANELS: dict[str, Callable[[dict], Panels]] = {
+    "scaling": _scaling, "generation": _generation, "training": _training,
+    "serving": _serving, "gpu_train": _gpu_train, "language_id": _language_id,
+    "eval_fidelity": _eval_fidelity}
+
+
+def plot(path: Path) -> Path | None:
+    """Draw `path`'s panels into path.with_suffix('.png'); None for an unknown benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(path).read_text())
+    draw = PANELS.get(data.get("benchmark", ""))
+    if draw is None:
+        return None
+    panels = draw(data)
+    wide = max(len(values) for _, values in panels) > 8
+    fig, axes = plt.subplots(len(panels) if wide else 1, 1 if wide else len(panels),
+                             figsize=(14, 3.2 * len(panels)) if wide else
+                             (3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (title, values) in zip(axes.flat, panels, strict=True):
+        bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+        if not wide:
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=90 if wide else 20, labelsize=8)
+    machine = data.get("device") or data.get("machine", "")
+    fig.suptitle(f"{data['benchmark']} ({machine})", fontsize=11)
+    fig.tight_layout()
+    out = Path(path).with_suffix(".png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    paths = [Path(p) for p in argv] or sorted(RESULTS.glob("*.json"))
+    for path in paths:
+        out = plot(path)
+        print(f"{path.name}: {'-> ' + out.name if out else 'no plot for this benchmark'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

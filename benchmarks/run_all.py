@@ -1,0 +1,62 @@
+"""Every benchmark, one after another, then a PNG per result (benchmarks/plots.py).
+
+    python benchmarks/run_all.py              # the CPU benchmarks (and the GPU one on a GPU)
+    python benchmarks/run_all.py --only scaling,serving
+
+Each benchmark is its own script that prints JSON and writes benchmarks/results/NAME.json;
+they run in separate processes (each starts and stops its own local Ray). The summary
+printed at the end is JSON too: per benchmark its exit code, wall time and result file.
+Only one benchmark runs at a time: on a small machine they would measure each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# in order: the stage benchmarks of the issues, then scaling (the longest)
+CPU = ("language_id", "eval_fidelity", "generation", "training", "serving", "scaling")
+GPU = ("gpu_train",)
+# the settings the recorded results were measured with (serving: issue 9's load test)
+ARGS = {
+    "generation": ["--set", "teacher.model=embedded:tiny-granite", "--set",
+                   "teacher.reasoning=none", "--set", "teacher.sampling.list_item_max_chars=60"],
+    "serving": ["--concurrency", "64", "--duration", "60"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated benchmark names")
+    args = parser.parse_args()
+    import torch
+
+    names = list(CPU) + (list(GPU) if torch.cuda.is_available() else [])
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - set(CPU + GPU))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(CPU + GPU)}")
+        names = [n for n in names if n in wanted]
+    summary = {}
+    for name in names:
+        started = time.monotonic()
+        code = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *ARGS.get(name, [])], cwd=HERE.parent,
+                              check=False).returncode
+        result = HERE / "results" / f"{name}.json"
+        summary[name] = {"exit_code": code, "wall_seconds": round(time.monotonic() - started, 1),
+                         "result": str(result.relative_to(HERE.parent)) if result.exists()
+                         else None}
+    subprocess.run([sys.executable, str(HERE / "plots.py")], cwd=HERE.parent, check=False)
+    print(json.dumps({"benchmarks": summary}, indent=2))
+    return max((s["exit_code"] for s in summary.values()), default=0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
