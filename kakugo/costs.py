@@ -56,13 +56,28 @@ def _entry(config: RunConfig, code: str, stage: str, device: str, seconds: float
             "device_seconds": round(seconds, 2), "usd": round(seconds / 3600 * price, 4)}
 
 
-def ledger(config: RunConfig, languages: list[Language], storage: Storage) -> list[dict]:
-    """One entry per (language, stage, device type) that has recorded device-seconds."""
-    from kakugo.evaluate.runner import result_files
+def stage_manifests(storage: Storage, codes: list[str]) -> dict[str, dict[str, Any]]:
+    """Every manifest a run's report and ledger read, each read once: keyed
+    "generate/{step}", "assemble/{step}" and "train/{code}" ({} where none was written)."""
     from kakugo.generate.assemble import AssembleStage
     from kakugo.generate.pipeline import GenerationStage
 
+    folders = [f"generate/{step}" for step in GenerationStage.steps]
+    folders += [f"assemble/{step}" for step in AssembleStage.steps]
+    folders += [f"train/{code}" for code in codes]
+    return {folder: storage.read_json(f"{folder}/_manifest.json", default=None) or {}
+            for folder in folders}
+
+
+def ledger(config: RunConfig, languages: list[Language], storage: Storage,
+           manifests: dict[str, dict[str, Any]] | None = None) -> list[dict]:
+    """One entry per (language, stage, device type) that has recorded device-seconds
+    (`manifests` from stage_manifests, read here when not given)."""
+    from kakugo.evaluate.runner import result_files
+
     codes = [lang.flores_code for lang in languages]
+    if manifests is None:
+        manifests = stage_manifests(storage, codes)
     seconds: dict[tuple[str, str, str], float] = {}
 
     def add(code: str, stage: str, device: str | None, value: float | None) -> None:
@@ -70,14 +85,14 @@ def ledger(config: RunConfig, languages: list[Language], storage: Storage) -> li
             key = (code, stage, device)
             seconds[key] = seconds.get(key, 0.0) + float(value)
 
-    for stage, root, steps in (("generate", "generate", GenerationStage.steps),
-                               ("dataset", "assemble", AssembleStage.steps)):
-        for step in steps:
-            manifest = storage.read_json(f"{root}/{step}/_manifest.json", default=None) or {}
+    for folder, manifest in manifests.items():
+        root = folder.split("/", 1)[0]
+        if root in ("generate", "assemble"):
+            stage = "generate" if root == "generate" else "dataset"
             for code, entry in manifest.get("languages", {}).items():
                 add(code, stage, manifest.get("device"), entry.get("device_seconds"))
     for code in codes:
-        manifest = storage.read_json(f"train/{code}/_manifest.json", default=None) or {}
+        manifest = manifests.get(f"train/{code}", {})
         add(code, "train", manifest.get("device"), manifest.get("device_seconds"))
         for rel in result_files(storage, code):
             result = storage.read_json(rel)

@@ -14,7 +14,13 @@ import logging
 from typing import Any
 
 from kakugo.config import RunConfig
-from kakugo.costs import LEDGER_STAGES, PAPER_USD_PER_LANGUAGE, ledger, usd_by_stage
+from kakugo.costs import (
+    LEDGER_STAGES,
+    PAPER_USD_PER_LANGUAGE,
+    ledger,
+    stage_manifests,
+    usd_by_stage,
+)
 from kakugo.languages import Language
 from kakugo.storage import Storage
 
@@ -37,18 +43,18 @@ def evaluation_rows(storage: Storage) -> list[dict[str, Any]]:
 
 def language_summary(lang: Language, storage: Storage,
                      failure: dict[str, str] | None, entries: list[dict],
-                     eval_rows: list[dict]) -> dict[str, Any]:
+                     eval_rows: list[dict], manifests: dict[str, dict]) -> dict[str, Any]:
     from kakugo.generate.pipeline import GenerationStage
     from kakugo.models import tuned_model_dir
 
     code = lang.flores_code
     generated = {}
     for step in GenerationStage.steps:
-        manifest = storage.read_json(f"generate/{step}/_manifest.json", default=None) or {}
-        if code in manifest.get("languages", {}):
-            generated[step] = manifest["languages"][code]["rows"]
-    dataset = storage.read_json("assemble/dataset/_manifest.json", default=None) or {}
-    trained = storage.read_json(f"train/{code}/_manifest.json", default=None)
+        entry = manifests[f"generate/{step}"].get("languages", {}).get(code)
+        if entry:
+            generated[step] = entry["rows"]
+    dataset = manifests["assemble/dataset"]
+    trained = manifests[f"train/{code}"]
     training = None
     if trained:
         metrics = trained.get("metrics") or {}
@@ -71,10 +77,11 @@ def language_summary(lang: Language, storage: Storage,
 
 def build_report(config: RunConfig, languages: list[Language], storage: Storage,
                  failed: dict[str, dict[str, str]]) -> dict[str, Any]:
-    entries = ledger(config, languages, storage)
+    manifests = stage_manifests(storage, [lang.flores_code for lang in languages])
+    entries = ledger(config, languages, storage, manifests)
     eval_rows = evaluation_rows(storage)
     langs = [language_summary(lang, storage, failed.get(lang.flores_code), entries,
-                              eval_rows) for lang in languages]
+                              eval_rows, manifests) for lang in languages]
     totals = [entry["usd"]["total"] for entry in langs]
     mean = sum(totals) / len(totals) if totals else 0.0
     return {

@@ -290,25 +290,50 @@ def output_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "__inference_error__"}
 
 
-def failures(storage: Storage, folder: str) -> dict[str, Any]:
-    """Failed requests in the pass's files: per-language counts and the first error."""
+def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...] = ()
+               ) -> tuple[dict[str, dict[str, Any]], str]:
+    """Per-language counts of a step's rows, from a few small columns of its parquet files
+    read once: rows, categories, and for engine passes tokens, errors, unfinished and
+    failed (never answered) requests. Languages in `codes` are there even without rows.
+    Also the first failed request's error ("" if none)."""
+    import pandas as pd
     import pyarrow.dataset as pads
 
-    if not storage.list(folder, recursive=True):
-        return {"languages": {}, "first": ""}
-    dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
-                           partitioning="hive")
-    table = dataset.to_table(columns=["language", "error"],
-                             filter=pads.field("finish_reason") == FAILED).to_pylist()
-    counts: dict[str, int] = {}
-    for row in table:
-        counts[row["language"]] = counts.get(row["language"], 0) + 1
-    return {"languages": counts, "first": table[0]["error"] if table else ""}
+    table = pd.DataFrame({"language": pd.Series(dtype=str)})
+    wanted: list[str] = []
+    if storage.list(folder, recursive=True):
+        dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
+                               partitioning="hive")
+        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens", "error",
+                              "finish_reason") if c in dataset.schema.names]
+        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
+    stats: dict[str, dict[str, Any]] = {}
+    for code in dict.fromkeys([*codes, *sorted(table["language"].unique())]):
+        group = table[table["language"] == code]
+        entry: dict[str, Any] = {"rows": len(group)}
+        if "category" in wanted:
+            entry["categories"] = {str(k): int(v) for k, v in
+                                   group["category"].value_counts().sort_index().items()}
+        if "prompt_tokens" in wanted:
+            entry.update(
+                prompt_tokens=int(group["prompt_tokens"].sum()),
+                completion_tokens=int(group["completion_tokens"].sum()),
+                errors=int((group["error"] != "").sum()),
+                unfinished=int((group["finish_reason"] != "stop").sum()),
+                failed=int((group["finish_reason"] == FAILED).sum()),
+            )
+        stats[code] = entry
+    first = ""
+    if "finish_reason" in wanted:
+        failed = table[table["finish_reason"] == FAILED]
+        first = str(failed["error"].iloc[0]) if len(failed) else ""
+    return stats, first
 
 
 def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
-             folder: str) -> dict[str, Any]:
+             folder: str, codes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet.
+    Returns the pass's counts, with per-language stats (step_stats) under "languages".
 
     A failed attempt (e.g. an engine replica died: Serve starts another) is followed, after
     the teacher is running again, by one that sends only the rows still missing, up to
@@ -354,15 +379,16 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
                         "sending the missing rows again", folder, attempt, attempts,
                         type(exc).__name__, str(exc)[:300])
             teacher.wait_until_running()
-    failed = failures(storage, folder)
-    n_failed = sum(failed["languages"].values())
+    stats, first_failed = step_stats(storage, folder, codes)
+    failed = {code: entry["failed"] for code, entry in stats.items() if entry.get("failed")}
+    n_failed = sum(failed.values())
     if sent and n_failed > config.teacher.max_failed_fraction * sent:
         raise TeacherPassError(
             f"{folder}: {n_failed} of {sent} teacher requests failed ("
-            + ", ".join(f"{c}: {n}" for c, n in sorted(failed["languages"].items()))
+            + ", ".join(f"{c}: {n}" for c, n in sorted(failed.items()))
             + f") on the teacher deployment {TEACHER_APP}/{teacher.deployment}, more than "
             f"teacher.max_failed_fraction={config.teacher.max_failed_fraction}; first error: "
-            f"{failed['first']}. Rerun to send them again.")
+            f"{first_failed}. Rerun to send them again.")
     return {"skipped_existing": skipped, "sent": sent, "attempts": attempt,
             "failed_requests": n_failed,
-            "wall_seconds": round(time.monotonic() - started, 2)}
+            "wall_seconds": round(time.monotonic() - started, 2), "languages": stats}

@@ -18,7 +18,7 @@ import pandas as pd
 
 from kakugo.config import RunConfig
 from kakugo.costs import teacher_devices
-from kakugo.generate.engine_pass import Teacher, run_pass
+from kakugo.generate.engine_pass import Teacher, run_pass, step_stats
 from kakugo.languages import Language
 from kakugo.models import ModelSource
 from kakugo.storage import Storage, StorageError
@@ -87,35 +87,10 @@ class Stage:
             self._teacher_path = ModelSource.parse(self.config.teacher.model).materialize()
         return self._teacher_path
 
-    def _language_stats(self, step: str) -> dict[str, dict[str, Any]]:
-        """Per-language counts, from a few small columns of the step's parquet files."""
-        import pyarrow.dataset as pads
-
-        dataset = pads.dataset(self.storage.path(self.folder(step)), format="parquet",
-                               filesystem=self.storage.fs, partitioning="hive")
-        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens", "error",
-                              "finish_reason") if c in dataset.schema.names]
-        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
-        stats: dict[str, dict[str, Any]] = {}
-        for code in self.codes:
-            group = table[table["language"] == code]
-            entry: dict[str, Any] = {"rows": len(group)}
-            if "category" in wanted:
-                entry["categories"] = {str(k): int(v) for k, v in
-                                       group["category"].value_counts().sort_index().items()}
-            if "prompt_tokens" in wanted:
-                entry.update(
-                    prompt_tokens=int(group["prompt_tokens"].sum()),
-                    completion_tokens=int(group["completion_tokens"].sum()),
-                    errors=int((group["error"] != "").sum()),
-                    unfinished=int((group["finish_reason"] != "stop").sum()),
-                )
-            stats[code] = entry
-        return stats
-
     def _finish(self, step: str, started: float, started_at: str, extra: dict[str, Any],
                 languages: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        languages = languages if languages is not None else self._language_stats(step)
+        if languages is None:
+            languages = step_stats(self.storage, self.folder(step), self.codes)[0]
         manifest = {"step": step, "config_hash": self.digest, "languages": languages,
                     "started": started_at, "finished": now(),
                     "wall_seconds": round(time.monotonic() - started, 2), **extra}
@@ -158,9 +133,12 @@ class Stage:
             dataset = build()
             if isinstance(dataset, dict):
                 return self._finish(step, started, started_at, {}, languages=dataset)
+            languages = None
             if step in self.engine_steps:
                 extra = run_pass(dataset, self.config, self._teacher, self.storage,
-                                 self.folder(step))
+                                 self.folder(step), self.codes)
+                stats = extra.pop("languages")
+                languages = {code: stats[code] for code in self.codes}
             else:  # a derived table: deterministic, so rewritten whole
                 self.storage.delete(self.folder(step))
                 dataset.write_parquet(self.storage.path(self.folder(step)),
@@ -171,7 +149,7 @@ class Stage:
         except Exception as exc:
             self._raise_if_storage_is_down(step, exc)
             raise
-        return self._finish(step, started, started_at, extra)
+        return self._finish(step, started, started_at, extra, languages)
 
     def _raise_if_storage_is_down(self, step: str, exc: Exception) -> None:
         """A step that failed while the output root is unreachable (Ray Data's readers and
