@@ -75,10 +75,8 @@ class Stage:
 
     def read(self, step: str, root: str | None = None):
         """A step's rows for this batch's languages (by default a step of this stage)."""
-        import ray
-
         folder = f"{root}/{step}" if root else self.folder(step)
-        ds = ray.data.read_parquet(self.storage.path(folder), filesystem=self.storage.fs)
+        ds = self.storage.ray_dataset(folder)
         codes = set(self.codes)
         return ds.filter(lambda row: row["language"] in codes)
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from kakugo.config import RunConfig
 from kakugo.costs import training_devices
+from kakugo.generate.assemble import dataset_dir
 from kakugo.generate.requests import fraction_of
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
@@ -76,8 +77,7 @@ def prepare_data(config: RunConfig, lang: Language, storage: Storage, student_pa
     import ray
 
     t = config.training
-    rows = ray.data.read_parquet(storage.path(f"{lang.flores_code}/dataset/data"),
-                                 filesystem=storage.fs)
+    rows = storage.ray_dataset(f"{dataset_dir(lang.flores_code)}/data")
     fraction, seed = t.validation_fraction, config.seed
 
     def packed(dataset):
