@@ -165,7 +165,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from kakugo.storage import Storage
 
     config = _config_from(args)
-    kinds = tuple(args.only.split(",")) if args.only else ("dataset", "model")
+    kinds = (args.only,) if args.only else ("dataset", "model")
     done = push(config, resolve_languages(config), Storage(config.output),
                 dry_run=args.dry_run, kinds=kinds)
     for item in done:
