@@ -31,9 +31,13 @@ def _json(storage: Storage, rel: str, writer: str) -> dict[str, Any]:
     return data
 
 
+def _report(storage: Storage) -> dict[str, Any]:
+    return _json(storage, REPORT, "the report stage (the last stage of `kakugo run`)")
+
+
 def status(storage: Storage) -> pd.DataFrame:
     """One row per language: status, failed stage and error, rows, training loss, total $."""
-    report = _json(storage, REPORT, "the report stage (the last stage of `kakugo run`)")
+    report = _report(storage)
     return pd.DataFrame([{
         "language": lang["flores_code"], "name": lang["name"], "status": lang["status"],
         "failed_stage": lang["failed_stage"], "dataset_rows": lang["dataset_rows"],
@@ -69,7 +73,7 @@ def rejects(storage: Storage) -> pd.DataFrame:
 def costs(storage: Storage) -> pd.DataFrame:
     """USD per language (rows) and stage (columns) from the report's cost ledger, with the
     device-seconds behind them in the `device_seconds` frame attribute."""
-    report = _json(storage, REPORT, "the report stage (the last stage of `kakugo run`)")
+    report = _report(storage)
     ledger = pd.DataFrame(report["cost"]["ledger"])
     if ledger.empty:
         return pd.DataFrame()
@@ -84,15 +88,12 @@ def costs(storage: Storage) -> pd.DataFrame:
 
 def scores(storage: Storage) -> pd.DataFrame:
     """Base vs tuned per language and task; missing coverage stays missing (NaN + note)."""
+    from kakugo.report import evaluation_rows
+
     if not storage.exists(EVAL_TABLE):
         raise RunResultsError(f"{storage.uri(EVAL_TABLE)} does not exist: the evaluate "
                               "stage writes it")
-    import io
-
-    table = pd.read_csv(io.StringIO(storage.read_text(EVAL_TABLE)), keep_default_na=False,
-                        na_values=[""])
-    table["note"] = table["note"].fillna("")
-    return table
+    return pd.DataFrame(evaluation_rows(storage))
 
 
 def samples(storage: Storage, per_language: int = 3) -> pd.DataFrame:
