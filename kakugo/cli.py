@@ -64,7 +64,7 @@ def cmd_languages(args: argparse.Namespace) -> int:
             try:
                 results.append((item, resolve(item, data_dir)))
             except LanguageError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                print_error(exc)
                 failed = True
         if failed:
             return EXIT_BAD_INPUT
@@ -248,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_error(exc: Exception) -> None:
+    """`error: ...` on a line of its own: progress bars leave the cursor mid-line (and a
+    job's log interleaves stdout and stderr), so stdout is flushed and a newline comes
+    first, and log readers can match `^error: `."""
+    sys.stdout.flush()
+    sys.stderr.write(f"\nerror: {exc}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -258,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
             ContextSourceError, TranslationSourceError, FilterSetupError, PublishError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return EXIT_BAD_INPUT
     except (StorageError, TrainingDataError, TeacherPassError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return EXIT_FAILED
 
 

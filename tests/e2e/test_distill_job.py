@@ -264,8 +264,9 @@ def test_the_resumed_job_deploys_the_teacher_once_and_redoes_no_finished_pass(ru
 
 def test_an_s3_outage_fails_the_job_with_a_storage_error_and_the_rerun_completes(run):
     assert run["outage_status"] == "FAILED"
-    errors = [ln for ln in run["resumed_log"].splitlines() if ln.startswith("error: ")]
-    assert errors and "storage error while" in errors[-1], errors
+    lines = run["resumed_log"].splitlines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]  # on a line of its own
+    assert errors and "storage error while" in errors[-1], "\n".join(lines[-30:])
     assert "s3://kakugo-e2e-run/runs/demo/" in errors[-1], errors
     # the rerun redid no finished stage (no engine, no training worker), finished the
     # evaluation and left every object written before the outage as it was

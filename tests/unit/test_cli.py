@@ -44,3 +44,12 @@ def test_run_refuses_to_mix_configs(tmp_path, data_dir):
         open_run(changed, languages)
     open_run(changed, languages, restart=True)
     assert open_run(changed, languages).read_json("run.json")["config"]["seed"] == 7
+
+
+def test_an_error_starts_its_own_line_after_a_progress_bar(capsys, tmp_path):
+    """Progress bars leave the cursor mid-line; the error must still start a line."""
+    sys.stderr.write("Running requests:  50%|#####     | 2/4\x1b[A   ")
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    lines = capsys.readouterr().err.split("\n")
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert errors and "missing.yaml" in errors[0], lines
