@@ -8,7 +8,10 @@ of `--cutoff` tokens:
   (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
       (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config).
 For each: tokens/s, model FLOPs utilisation against a measured bf16 matmul peak, peak
-memory; and the ratio (b)/(a).
+memory; and the ratio (b)/(a). `--zero NAME=JSON` times (b) with the JSON merged into
+DeepSpeed's `zero_optimization` section (one setting per process: DeepSpeed does not give
+all of an engine's memory back); the key `"layer_fetch": true|false` overrides our
+`training.zero3_layer_fetch` (each decoder layer one ZeRO-3 fetch unit; on by default).
 
     python benchmarks/gpu_train.py                      # on a GPU machine
     python benchmarks/gpu_train.py --tiny --device cpu  # the same code path on CPU
@@ -105,7 +108,8 @@ def main() -> None:
     import torch
 
     from kakugo.train.data import collate, model_inputs
-    from kakugo.train.loop import deepspeed_config
+    from kakugo.config import TrainingConfig
+    from kakugo.train.loop import deepspeed_config, fetch_whole_layers
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
@@ -116,6 +120,9 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing in both loops")
     parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--zero", default="", metavar="NAME=JSON",
+                        help="the ZeRO-3 setting to time (JSON merged into zero_optimization; "
+                             "\"layer_fetch\": true|false for per-layer fetches)")
     parser.add_argument("--unmasked", action="store_true",
                         help="plain causal attention over the packed row (samples see each "
                              "other): a speed reference for what the packing mask costs")
@@ -176,10 +183,18 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
     training = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_grad_norm": 1.0,
                 "zero_stage": 3, "precision": "bf16" if gpu else "fp32"}
+
+    zero_name, _, zero_text = args.zero.partition("=")
+    overrides = json.loads(zero_text) if zero_text else {}
+    layer_fetch = overrides.pop("layer_fetch", TrainingConfig().zero3_layer_fetch)
+    ds_config = deepspeed_config(training, gpu)
+    ds_config["zero_optimization"].update(overrides)
     model = build()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                      config=deepspeed_config(training, gpu))
+    if layer_fetch:
+        fetch_whole_layers(model)
+    engine, *_ = deepspeed.initialize(
+        model=model, config=ds_config,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu))
 
     def ours_step(row):
         loss = engine(**batch(row)).loss
@@ -205,11 +220,15 @@ def main() -> None:
         "bare_loop": bare,
         "ours_zero3": ours,
         "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
+        "zero3_layer_fetch": layer_fetch,
     }
+    if args.zero:
+        out["zero_setting"] = {zero_name: json.loads(zero_text)}
     RESULTS.mkdir(exist_ok=True)
     name = ("gpu_train" + ("-checkpointing" if args.checkpointing else "")
             + ("-unmasked" if args.unmasked else "")
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
+            + (f"-{zero_name}" if args.zero else "")
             + ("" if gpu else "-cpu-check") + ".json")
     (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

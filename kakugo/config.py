@@ -279,6 +279,9 @@ class TrainingConfig(Strict):
         "boundaries")
     gradient_checkpointing: bool = Field(True, description="recompute activations in the "
                                          "backward pass (less memory)")
+    zero3_layer_fetch: bool = Field(True, description="ZeRO-3 gathers each decoder layer's "
+                                    "weights in one fetch (one hook per layer, not one per "
+                                    "linear layer); faster at a layer's worth of memory")
     validation_fraction: float = Field(0.02, ge=0, lt=1, description="share of samples "
                                        "held out for the validation loss")
     report_every_steps: int = Field(10, ge=1, description="metrics (loss, val loss, lr, "

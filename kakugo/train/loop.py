@@ -48,6 +48,17 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     }
 
 
+def fetch_whole_layers(model) -> None:
+    """ZeRO-3: each decoder layer becomes one fetch unit (its weights gathered together),
+    instead of a fetch with its hooks for every linear layer. On one H200 (Granite-4.0-Micro
+    shape, 8,000-token rows, activation checkpointing) our step went from 7.3k to 10.8k
+    tokens/s with it."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    layers = model.base_model.layers
+    set_z3_leaf_modules(model, [type(layers[0])])
+
+
 def lr_lambda(kind: str, warmup: int, total: int):
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -116,6 +127,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if t["zero_stage"] == 3 and t["zero3_layer_fetch"]:
+        fetch_whole_layers(model)
     total_steps = cfg["total_steps"]
     warmup = int(t["warmup_ratio"] * total_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"],
