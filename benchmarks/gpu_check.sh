@@ -4,8 +4,9 @@
 # needed):
 #   - the `gpu`-marked tests;
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
-#     flash speed): our ZeRO-3 step as configured (per-layer fetches), with a larger
-#     prefetch bucket (with and without overlap_comm), and with activation checkpointing.
+#     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
+#     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
+#     same numerics as ours), and with activation checkpointing.
 # Results land in benchmarks/results/ and are copied to RESULTS_DIR if given.
 #
 #     bash benchmarks/gpu_check.sh [RESULTS_DIR]
@@ -21,13 +22,12 @@ status=0
 step() { echo "== $* ($(date +%T))"; "$@" || status=1; }
 step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
-bench
-bench --zero 'prefetch_2e8={"stage3_prefetch_bucket_size": 200000000}'
-bench --zero 'prefetch_2e8_no_overlap={"stage3_prefetch_bucket_size": 200000000, "overlap_comm": false}'
+bench --profile
+bench --bare-master-weights
 bench --checkpointing
 echo "== done ($(date +%T))"
 if [ -n "${1:-}" ]; then
-  mkdir -p "$1" && find benchmarks/results -name 'gpu_train*.json' -newer "$started" \
+  mkdir -p "$1" && find benchmarks/results -name 'gpu_train*' -newer "$started" \
     -exec cp {} "$1"/ \;
 fi
 exit $status

@@ -104,11 +104,35 @@ def run(step, rows, device, warmup: int) -> dict:
             "peak_memory_gib": round(peak, 2) if peak else None}
 
 
+def profile(step, rows, device, name: str) -> dict:
+    """Two steps under torch.profiler: the busiest operators (written to
+    results/NAME-profile.txt) and how much of the wall time the GPU was busy."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    started = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for row in rows[:2]:
+            step(row)
+        sync(device)
+    wall = time.perf_counter() - started
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}-profile.txt").write_text(events.table(sort_by=sort, row_limit=30))
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    return {"profiled_steps": 2, "wall_seconds": round(wall, 3),
+            "device_busy_seconds": round(device_us / 1e6, 3),
+            "device_busy_share": round(device_us / 1e6 / wall, 3)}
+
+
 def main() -> None:
     import torch
 
-    from kakugo.train.data import collate, model_inputs
     from kakugo.config import TrainingConfig
+    from kakugo.train.data import collate, model_inputs
     from kakugo.train.loop import deepspeed_config, fetch_whole_layers
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -123,6 +147,11 @@ def main() -> None:
     parser.add_argument("--zero", default="", metavar="NAME=JSON",
                         help="the ZeRO-3 setting to time (JSON merged into zero_optimization; "
                              "\"layer_fetch\": true|false for per-layer fetches)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile two steps of each loop (results/*-profile.txt)")
+    parser.add_argument("--bare-master-weights", action="store_true",
+                        help="the bare loop keeps fp32 weights and AdamW states and runs "
+                             "under bf16 autocast (as our step does), instead of pure bf16")
     parser.add_argument("--unmasked", action="store_true",
                         help="plain causal attention over the packed row (samples see each "
                              "other): a speed reference for what the packing mask costs")
@@ -137,12 +166,12 @@ def main() -> None:
         len(r["input_ids"]) for r in rows)
     peak = matmul_peak(device, dtype, 8192 if gpu else 1024, 20 if gpu else 3)
 
-    def build():
+    def build(weights_dtype=dtype):
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(0)
         with device:
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=weights_dtype)
         if args.checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -155,19 +184,31 @@ def main() -> None:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v
                 for k, v in inputs.items()}
 
+    master = args.bare_master_weights
+    zero_name, _, zero_text = args.zero.partition("=")
+    name = ("gpu_train" + ("-checkpointing" if args.checkpointing else "")
+            + ("-unmasked" if args.unmasked else "")
+            + ("-master" if master else "")
+            + ("" if args.attention == "sdpa" else f"-{args.attention}")
+            + (f"-{zero_name}" if args.zero else "")
+            + ("" if gpu else "-cpu-check"))
+
     # (a) the bare loop
-    model = build()
+    model = build(torch.float32 if master else dtype)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
 
     def bare_step(row):
-        loss = model(**batch(row)).loss
+        with torch.autocast(device.type, dtype=dtype, enabled=master and gpu):
+            loss = model(**batch(row)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     bare = run(bare_step, rows, device, args.warmup)
+    if args.profile:
+        bare["profile"] = profile(bare_step, rows, device, f"{name}-bare")
     del model, optimizer
     if gpu:
         torch.cuda.empty_cache()
@@ -184,7 +225,6 @@ def main() -> None:
     training = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_grad_norm": 1.0,
                 "zero_stage": 3, "precision": "bf16" if gpu else "fp32"}
 
-    zero_name, _, zero_text = args.zero.partition("=")
     overrides = json.loads(zero_text) if zero_text else {}
     layer_fetch = overrides.pop("layer_fetch", TrainingConfig().zero3_layer_fetch)
     ds_config = deepspeed_config(training, gpu)
@@ -192,9 +232,8 @@ def main() -> None:
     model = build()
     if layer_fetch:
         fetch_whole_layers(model)
-    engine, *_ = deepspeed.initialize(
-        model=model, config=ds_config,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     def ours_step(row):
         loss = engine(**batch(row)).loss
@@ -202,6 +241,8 @@ def main() -> None:
         engine.step()
 
     ours = run(ours_step, rows, device, args.warmup)
+    if args.profile:
+        ours["profile"] = profile(ours_step, rows, device, f"{name}-ours")
     per_token = flops_per_token(config, params, seq)
     for result in (bare, ours):
         result["mfu"] = round(result["tokens_per_second"] * per_token / peak, 4)
@@ -214,6 +255,8 @@ def main() -> None:
         "cutoff_len": args.cutoff,
         "mean_row_tokens": round(mean_len, 1),
         "activation_checkpointing": args.checkpointing,
+        "bare_loop_weights": ("fp32 master weights, bf16 autocast" if master
+                              else str(dtype).removeprefix("torch.")),
         "attention": args.attention + (" causal, no packing mask" if args.unmasked else ""),
         "dtype": str(dtype).removeprefix("torch."),
         "measured_matmul_peak_tflops": round(peak / 1e12, 1),
@@ -225,12 +268,7 @@ def main() -> None:
     if args.zero:
         out["zero_setting"] = {zero_name: json.loads(zero_text)}
     RESULTS.mkdir(exist_ok=True)
-    name = ("gpu_train" + ("-checkpointing" if args.checkpointing else "")
-            + ("-unmasked" if args.unmasked else "")
-            + ("" if args.attention == "sdpa" else f"-{args.attention}")
-            + (f"-{zero_name}" if args.zero else "")
-            + ("" if gpu else "-cpu-check") + ".json")
-    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
