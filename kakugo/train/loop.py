@@ -51,8 +51,8 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
 def fetch_whole_layers(model) -> None:
     """ZeRO-3: each decoder layer becomes one fetch unit (its weights gathered together),
     instead of a fetch with its hooks for every linear layer. On one H200 (Granite-4.0-Micro
-    shape, 8,000-token rows, activation checkpointing) our step went from 7.3k to 10.8k
-    tokens/s with it."""
+    shape, 8,000-token rows, torch_varlen) our step went from 11.9k to 14.1k tokens/s with
+    it, and from 7.3k to 10.6k with activation checkpointing."""
     from deepspeed.utils import set_z3_leaf_modules
 
     layers = model.base_model.layers

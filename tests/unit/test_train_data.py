@@ -101,3 +101,19 @@ def test_flash_attention_gets_sequence_boundaries():
     allowed = (mask == 0).int().tolist()
     assert allowed == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
                        [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_zero3_fetches_each_decoder_layer_whole():
+    """`training.zero3_layer_fetch`: every decoder layer is one ZeRO-3 fetch unit (a leaf),
+    and nothing else is."""
+    from deepspeed.utils import z3_leaf_module
+    from transformers import AutoModelForCausalLM
+
+    from kakugo.train.loop import fetch_whole_layers
+
+    model = AutoModelForCausalLM.from_pretrained(build_embedded("tiny-granite"))
+    layers = list(model.base_model.layers)
+    assert not any(z3_leaf_module(m) for m in model.modules())
+    fetch_whole_layers(model)
+    leaves = [m for m in model.modules() if z3_leaf_module(m)]
+    assert len(leaves) == len(layers) > 1 and all(a is b for a, b in zip(leaves, layers))
