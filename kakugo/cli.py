@@ -248,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Plain-text log lines; kakugo's own loggers get a handler of their own, since
+    importing Ray's LLM modules replaces the root logger's handlers with a JSON one."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    ours = logging.getLogger("kakugo")
+    ours.handlers, ours.propagate = [handler], False
+    ours.setLevel(level)
+
+
 def print_error(exc: Exception) -> None:
     """`error: ...` on a line of its own: progress bars leave the cursor mid-line (and a
     job's log interleaves stdout and stderr), so stdout is flushed and a newline comes
@@ -259,10 +274,7 @@ def print_error(exc: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
