@@ -6,7 +6,8 @@
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
-#     same numerics as ours), and with activation checkpointing.
+#     same numerics as ours), with DeepSpeed's in-flight event cap raised (an experiment),
+#     and with activation checkpointing.
 # Results land in benchmarks/results/ and are copied to RESULTS_DIR if given.
 #
 #     bash benchmarks/gpu_check.sh [RESULTS_DIR]
@@ -24,6 +25,7 @@ step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
 bench --bare-master-weights
+bench --inflight 8
 bench --checkpointing
 echo "== done ($(date +%T))"
 if [ -n "${1:-}" ]; then

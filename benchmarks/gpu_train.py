@@ -147,6 +147,10 @@ def main() -> None:
     parser.add_argument("--zero", default="", metavar="NAME=JSON",
                         help="the ZeRO-3 setting to time (JSON merged into zero_optimization; "
                              "\"layer_fetch\": true|false for per-layer fetches)")
+    parser.add_argument("--inflight", type=int, default=0,
+                        help="experiment: raise DeepSpeed's cap on in-flight ZeRO-3 fetch and "
+                             "reduce events (2, fixed in its code; the host waits on the GPU "
+                             "when it is reached) to this number")
     parser.add_argument("--profile", action="store_true",
                         help="also profile two steps of each loop (results/*-profile.txt)")
     parser.add_argument("--bare-master-weights", action="store_true",
@@ -191,6 +195,7 @@ def main() -> None:
             + ("-master" if master else "")
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
             + (f"-{zero_name}" if args.zero else "")
+            + (f"-inflight{args.inflight}" if args.inflight else "")
             + ("" if gpu else "-cpu-check"))
 
     # (a) the bare loop
@@ -234,6 +239,11 @@ def main() -> None:
         fetch_whole_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if args.inflight:  # private attributes of DeepSpeed 0.19: an experiment, not our step
+        zero = engine.optimizer
+        zero.max_param_reduce_events = args.inflight
+        coordinator = zero.parameter_offload.get_param_coordinator()
+        coordinator._PartitionedParameterCoordinator__max_ongoing_fetch_events = args.inflight
 
     def ours_step(row):
         loss = engine(**batch(row)).loss
@@ -265,6 +275,8 @@ def main() -> None:
         "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
         "zero3_layer_fetch": layer_fetch,
     }
+    if args.inflight:
+        out["inflight_events_cap"] = args.inflight
     if args.zero:
         out["zero_setting"] = {zero_name: json.loads(zero_text)}
     RESULTS.mkdir(exist_ok=True)
