@@ -122,7 +122,9 @@ def profile(step, rows, device, name: str) -> dict:
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}-profile.txt").write_text(events.table(sort_by=sort, row_limit=30))
-    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    # kernel time: the device-side events only (as the table's "Self CUDA time total")
+    device_us = sum(e.self_device_time_total for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA)
     return {"profiled_steps": 2, "wall_seconds": round(wall, 3),
             "device_busy_seconds": round(device_us / 1e6, 3),
             "device_busy_share": round(device_us / 1e6 / wall, 3)}
