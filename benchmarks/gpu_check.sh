@@ -6,9 +6,13 @@
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
-#     same numerics as ours), with DeepSpeed's in-flight event cap raised (an experiment),
-#     and with activation checkpointing.
-# Results land in benchmarks/results/ and are copied to RESULTS_DIR if given.
+#     same numerics as ours), and with activation checkpointing; experiments on our step:
+#     DeepSpeed's in-flight event cap raised, every parameter resident (persistent: at world
+#     size 1 nothing is fetched or released), torch's own linear instead of DeepSpeed's
+#     memory-efficient one (same losses on CPU).
+# The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
+# Results land in benchmarks/results/; given RESULTS_DIR, the new ones are also packed into
+# RESULTS_DIR/gpu_check-results.tar.gz.
 #
 #     bash benchmarks/gpu_check.sh [RESULTS_DIR]
 set -u
@@ -25,11 +29,13 @@ step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
 bench --bare-master-weights
+bench --zero resident='{"stage3_param_persistence_threshold": 10000000000}'
+bench --zero torch_linear='{"memory_efficient_linear": false}'
 bench --inflight 8
 bench --checkpointing
 echo "== done ($(date +%T))"
 if [ -n "${1:-}" ]; then
-  mkdir -p "$1" && find benchmarks/results -name 'gpu_train*' -newer "$started" \
-    -exec cp {} "$1"/ \;
+  mkdir -p "$1" && find benchmarks/results -name 'gpu_train*' -newer "$started" -printf '%P\n' \
+    | tar czf "$1/gpu_check-results.tar.gz" -C benchmarks/results -T -
 fi
 exit $status

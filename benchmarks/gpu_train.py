@@ -104,13 +104,34 @@ def run(step, rows, device, warmup: int) -> dict:
             "peak_memory_gib": round(peak, 2) if peak else None}
 
 
+# CUDA runtime calls in which the host waits for the GPU
+HOST_WAITS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals in microseconds, in seconds: the time
+    at least one kernel ran (kernels on several streams overlap; their sum counts it twice)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e6
+
+
 def profile(step, rows, device, name: str) -> dict:
-    """Two steps under torch.profiler: the busiest operators (written to
-    results/NAME-profile.txt) and how much of the wall time the GPU was busy."""
+    """Two steps under torch.profiler. Writes the busiest operators to
+    results/NAME-profile.txt (and, on a GPU, the timeline to NAME-trace.json.gz) and returns
+    how much of the wall time the GPU was busy (any kernel running), the summed kernel time,
+    and the host's waits for the GPU (synchronize calls: how many, how long)."""
+    import gzip
+    import shutil
+
     import torch
     from torch.profiler import ProfilerActivity
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     sync(device)
     started = time.perf_counter()
     with torch.profiler.profile(activities=activities) as prof:
@@ -118,16 +139,32 @@ def profile(step, rows, device, name: str) -> dict:
             step(row)
         sync(device)
     wall = time.perf_counter() - started
-    events = prof.key_averages()
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}-profile.txt").write_text(events.table(sort_by=sort, row_limit=30))
-    # kernel time: the device-side events only (as the table's "Self CUDA time total")
-    device_us = sum(e.self_device_time_total for e in events
-                    if e.device_type == torch.autograd.DeviceType.CUDA)
+    sort = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+    (RESULTS / f"{name}-profile.txt").write_text(
+        prof.key_averages().table(sort_by=sort, row_limit=30))
+    if gpu:
+        trace = RESULTS / f"{name}-trace.json"
+        prof.export_chrome_trace(str(trace))
+        with trace.open("rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        trace.unlink()
+    events = prof.events()
+    kernels = [(e.time_range.start, e.time_range.end) for e in events
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = union_seconds(kernels)
+    waits: dict[str, dict] = {}
+    for e in events:
+        if e.name in HOST_WAITS:
+            entry = waits.setdefault(e.name, {"calls": 0, "seconds": 0.0})
+            entry["calls"] += 1
+            entry["seconds"] += e.time_range.elapsed_us() / 1e6
     return {"profiled_steps": 2, "wall_seconds": round(wall, 3),
-            "device_busy_seconds": round(device_us / 1e6, 3),
-            "device_busy_share": round(device_us / 1e6 / wall, 3)}
+            "device_busy_seconds": round(busy, 3),
+            "device_busy_share": round(busy / wall, 3),
+            "kernel_seconds": round(sum(b - a for a, b in kernels) / 1e6, 3),
+            "host_waits": {k: {"calls": v["calls"], "seconds": round(v["seconds"], 4)}
+                           for k, v in waits.items()}}
 
 
 def main() -> None:
