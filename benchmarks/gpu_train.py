@@ -221,11 +221,10 @@ def main() -> None:
         return model
 
     def batch(row):
-        inputs = model_inputs(collate([row], 0), dtype, args.attention)
+        inputs = model_inputs(collate([row], 0), dtype, args.attention, device)
         if args.unmasked:
             inputs.pop("attention_mask", None)
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                for k, v in inputs.items()}
+        return inputs
 
     master = args.bare_master_weights
     zero_name, _, zero_text = args.zero.partition("=")

@@ -128,8 +128,29 @@ def packed_attention(position_ids, dtype, implementation: str) -> dict[str, Any]
     return {"attention_mask": mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]}
 
 
-def model_inputs(batch: dict[str, Any], dtype, implementation: str) -> dict[str, Any]:
-    """Forward kwargs for a collated micro-batch of packed rows (flattened for varlen)."""
+def model_inputs(batch: dict[str, Any], dtype, implementation: str,
+                 device=None) -> dict[str, Any]:
+    """Forward kwargs for a collated micro-batch of packed rows (flattened for varlen), on
+    `device` (None: where the batch is). The sample boundaries of the varlen kernels are
+    found from the host's copy (on a GPU that would make the host wait for it); the
+    block mask of the others is built on the device (it is large)."""
     if is_varlen(implementation):
         batch = {k: v.reshape(1, -1) for k, v in batch.items()}
+        return to_device({**batch, **packed_attention(batch["position_ids"], dtype,
+                                                      implementation)}, device)
+    batch = to_device(batch, device)
     return {**batch, **packed_attention(batch["position_ids"], dtype, implementation)}
+
+
+def to_device(inputs: dict[str, Any], device) -> dict[str, Any]:
+    """Move the tensors among `inputs` to `device` (None: leave them). To a GPU through
+    pinned memory and without blocking: a plain host-to-GPU copy makes the host wait until
+    the GPU has run everything queued before it, so the GPU idles while the host issues
+    the next step."""
+    import torch
+
+    if device is None:
+        return inputs
+    gpu = torch.device(device).type == "cuda"
+    return {k: (v.pin_memory() if gpu else v).to(device, non_blocking=gpu)
+            if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}

@@ -72,12 +72,14 @@ def lr_lambda(kind: str, warmup: int, total: int):
     return factor
 
 
-def _mean_across_ranks(total: float, count: float, device) -> float | None:
-    """sum(total) / sum(count) over all ranks; None when no rank counted anything."""
+def _mean_across_ranks(total, count: float, device) -> float | None:
+    """sum(total) / sum(count) over all ranks; None when no rank counted anything. `total`
+    may be a tensor on `device` (summed there without waiting for the GPU)."""
     import torch
     import torch.distributed as dist
 
-    buf = torch.tensor([total, count], dtype=torch.float64, device=device)
+    buf = torch.tensor([0.0, count], dtype=torch.float64, device=device)
+    buf[0] += total
     dist.all_reduce(buf)
     return (buf[0] / buf[1]).item() if buf[1] > 0 else None
 
@@ -105,7 +107,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
-    from kakugo.train.data import collate, model_inputs
+    from kakugo.train.data import IGNORE_INDEX, collate, model_inputs
     from kakugo.train.export import export_model
 
     t = cfg["training"]
@@ -159,31 +161,34 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("validation")
 
     def batches(shard):
+        """(model inputs on the device, label tokens in them); the count and the sample
+        boundaries come from the host's copy, so that no step waits on the GPU for them."""
         for rows in shard.iter_batches(batch_size=micro, batch_format="numpy",
                                        prefetch_batches=2):
             items = [{k: rows[k][i] for k in ("input_ids", "labels", "position_ids")}
                      for i in range(len(rows["input_ids"]))]
-            yield {k: v.to(device) for k, v in collate(items, pad_id).items()}
+            batch = collate(items, pad_id)
+            targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            yield model_inputs(batch, dtype, t["attention"], device), targets
 
-    def forward(batch) -> tuple[torch.Tensor, int]:
-        """Mean loss over the batch's label tokens, and how many there are."""
-        out = engine(**model_inputs(batch, dtype, t["attention"]))
-        return out.loss, int((batch["labels"][:, 1:] != -100).sum())
+    def forward(inputs) -> torch.Tensor:
+        """Mean loss over the micro-batch's label tokens."""
+        return engine(**inputs).loss
 
     def validate() -> float | None:
         if val_shard is None:
             return None
         engine.eval()
-        total = count = 0.0
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         own = seen = 0
         last = None
         with torch.no_grad():  # every rank reads the whole set and scores its share
-            for index, batch in enumerate(batches(val_shard)):
-                seen, last = index + 1, batch
+            for index, (inputs, targets) in enumerate(batches(val_shard)):
+                seen, last = index + 1, inputs
                 if index % world != rank:
                     continue
-                loss, targets = forward(batch)
-                total, count, own = total + loss.item() * targets, count + targets, own + 1
+                total += forward(inputs).double() * targets
+                count, own = count + targets, own + 1
             # a ZeRO-3 forward gathers parameters from every rank: all ranks must run as
             # many forwards, so a rank with a smaller share repeats one and discards it
             for _ in range(-(-seen // world) - own):
@@ -210,7 +215,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
     engine.train()
-    window_loss = window_targets = window_tokens = 0.0
+    window_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the GPU
+    window_targets = window_tokens = 0
     window_start = loop_started = time.monotonic()
     first_step = step
     micro_per_epoch = cfg["steps_per_epoch"] * accum
@@ -218,17 +224,17 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     for epoch in range(t["epochs"]):
         if step >= total_steps:
             break
-        for index, batch in enumerate(batches(train_shard)):
+        for index, (inputs, targets) in enumerate(batches(train_shard)):
             if index >= micro_per_epoch or step >= total_steps:
                 break  # every rank stops at the same step (shards may differ by a row)
             if epoch * micro_per_epoch + index < done_micro:
                 continue  # consumed before the checkpoint we resumed from
-            loss, targets = forward(batch)
+            loss = forward(inputs)
             engine.backward(loss)  # DeepSpeed scales by 1/accumulation steps
             engine.step()
-            window_loss += loss.item() * targets
+            window_loss += loss.detach().double() * targets
             window_targets += targets
-            window_tokens += batch["input_ids"].numel()
+            window_tokens += inputs["input_ids"].numel()
             if not engine.is_gradient_accumulation_boundary():
                 continue
             step += 1
@@ -241,7 +247,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     tokens_per_second=(_mean_across_ranks(window_tokens, 1, device) or 0)
                     * world / max(seconds, 1e-9),
                     params_per_rank=params_per_rank, nodes_per_rank=nodes_per_rank)
-                window_loss = window_targets = window_tokens = 0.0
+                window_loss.zero_()
+                window_targets = window_tokens = 0
                 window_start = time.monotonic()
                 if rank == 0:  # progress: steps done, loss, ETA from this attempt's pace
                     pace = (window_start - loop_started) / max(step - first_step, 1)

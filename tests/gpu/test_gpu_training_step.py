@@ -45,12 +45,12 @@ def test_packed_rows_match_separate_samples_in_bf16_on_cuda(attention):
                for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
 
     def summed(rows):
-        batch = {k: v.cuda() for k, v in collate(rows, 0).items()}
+        inputs = model_inputs(collate(rows, 0), torch.bfloat16, attention, "cuda")
+        labels = inputs.pop("labels")
         with torch.no_grad():
-            logits = model(**{k: v for k, v in model_inputs(batch, torch.bfloat16, attention).items()
-                              if k != "labels"}).logits.float()
+            logits = model(**inputs).logits.float()
         return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
             ignore_index=IGNORE_INDEX, reduction="sum").item()
 
     separate = sum(summed([{**s, "position_ids": list(range(len(s["input_ids"])))}])

@@ -117,3 +117,17 @@ def test_zero3_fetches_each_decoder_layer_whole():
     fetch_whole_layers(model)
     leaves = [m for m in model.modules() if z3_leaf_module(m)]
     assert len(leaves) == len(layers) > 1 and all(a is b for a, b in zip(leaves, layers))
+
+
+def test_model_inputs_for_varlen_kernels_are_flat_rows_on_the_device():
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, -100, 9],
+             "position_ids": [0, 1, 2, 0, 1]},
+            {"input_ids": [3, 4], "labels": [-100, 4], "position_ids": [0, 1]}]
+    batch = collate(rows, 0)
+    inputs = model_inputs(batch, torch.bfloat16, "torch_varlen", torch.device("cpu"))
+    assert inputs["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4, 0, 0, 0]]
+    assert inputs["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 8, 9, 10]
+    assert inputs["max_length_q"] == 3
+    assert all(v.device.type == "cpu" for v in inputs.values() if torch.is_tensor(v))
+    # no device: the tensors stay where they are (the same objects for the mask path)
+    assert model_inputs(batch, torch.float32, "sdpa")["input_ids"] is batch["input_ids"]
