@@ -215,7 +215,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
     engine.train()
-    window_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the GPU
+    window_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
     window_targets = window_tokens = 0
     window_start = loop_started = time.monotonic()
     first_step = step
