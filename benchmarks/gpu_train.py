@@ -124,9 +124,6 @@ def profile(step, rows, device, name: str) -> dict:
     results/NAME-profile.txt (and, on a GPU, the timeline to NAME-trace.json.gz) and returns
     how much of the wall time the GPU was busy (any kernel running), the summed kernel time,
     and the host's waits for the GPU (synchronize calls: how many, how long)."""
-    import gzip
-    import shutil
-
     import torch
     from torch.profiler import ProfilerActivity
 
@@ -144,11 +141,7 @@ def profile(step, rows, device, name: str) -> dict:
     (RESULTS / f"{name}-profile.txt").write_text(
         prof.key_averages().table(sort_by=sort, row_limit=30))
     if gpu:
-        trace = RESULTS / f"{name}-trace.json"
-        prof.export_chrome_trace(str(trace))
-        with trace.open("rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        trace.unlink()
+        prof.export_chrome_trace(str(RESULTS / f"{name}-trace.json.gz"))  # gzipped by torch
     events = prof.events()
     kernels = [(e.time_range.start, e.time_range.end) for e in events
                if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -268,7 +261,8 @@ def main() -> None:
     training = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_grad_norm": 1.0,
                 "zero_stage": 3, "precision": "bf16" if gpu else "fp32"}
 
-    overrides = json.loads(zero_text) if zero_text else {}
+    zero_setting = json.loads(zero_text) if zero_text else {}
+    overrides = dict(zero_setting)
     layer_fetch = overrides.pop("layer_fetch", TrainingConfig().zero3_layer_fetch)
     ds_config = deepspeed_config(training, gpu)
     ds_config["zero_optimization"].update(overrides)
@@ -316,7 +310,7 @@ def main() -> None:
     if args.inflight:
         out["inflight_events_cap"] = args.inflight
     if args.zero:
-        out["zero_setting"] = {zero_name: json.loads(zero_text)}
+        out["zero_setting"] = {zero_name: zero_setting}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
