@@ -21,6 +21,7 @@ TORCH_VARLEN = "torch_varlen"
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None,
                              dropout: float = 0.0, **kwargs: Any):
     """transformers attention function: (B=1, H, T, D) inputs -> ((1, T, H, D), None)."""
+    import torch
     from torch.nn.attention.varlen import varlen_attn
 
     if query.shape[0] != 1:
@@ -29,6 +30,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         raise ValueError(f"{TORCH_VARLEN} has no attention dropout (got {dropout})")
     cu_q, cu_k = kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"]
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(q.device.type):
+        # fp32 weights under autocast: rotary embeddings leave q and k in fp32, and the
+        # flash kernel (a custom op, outside autocast's cast lists) takes only bf16/fp16.
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     parameters = inspect.signature(varlen_attn).parameters
     options: dict[str, Any] = {"scale": scaling}
     if "window_size" in parameters:
