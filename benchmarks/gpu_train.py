@@ -179,10 +179,6 @@ def main() -> None:
     parser.add_argument("--zero", default="", metavar="NAME=JSON",
                         help="the ZeRO-3 setting to time (JSON merged into zero_optimization; "
                              "\"layer_fetch\": true|false for per-layer fetches)")
-    parser.add_argument("--no-fetch-sync", action="store_true",
-                        help="experiment: at world size 1 a ZeRO-3 fetch is a view of the "
-                             "rank's own shard, yet DeepSpeed's NoGather handles block the host "
-                             "on the compute stream at each fetch; skip that wait")
     parser.add_argument("--inflight", type=int, default=0,
                         help="experiment: raise DeepSpeed's cap on in-flight ZeRO-3 fetch and "
                              "reduce events (2, fixed in its code; the host waits on the GPU "
@@ -231,7 +227,6 @@ def main() -> None:
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
             + (f"-{zero_name}" if args.zero else "")
             + (f"-inflight{args.inflight}" if args.inflight else "")
-            + ("-no_fetch_sync" if args.no_fetch_sync else "")
             + ("" if gpu else "-cpu-check"))
 
     # (a) the bare loop
@@ -282,9 +277,6 @@ def main() -> None:
         coordinator = zero.parameter_offload.get_param_coordinator()
         coordinator._PartitionedParameterCoordinator__max_ongoing_fetch_events = args.inflight
 
-    if args.no_fetch_sync:  # private attributes of DeepSpeed 0.19: an experiment
-        skip_local_fetch_wait()
-
     def ours_step(row):
         loss = engine(**batch(row)).loss
         engine.backward(loss)
@@ -317,33 +309,11 @@ def main() -> None:
     }
     if args.inflight:
         out["inflight_events_cap"] = args.inflight
-    if args.no_fetch_sync:
-        out["fetch_sync"] = False
     if args.zero:
         out["zero_setting"] = {zero_name: zero_setting}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
-
-
-def skip_local_fetch_wait() -> None:
-    """At world size 1 ZeRO-3 hands out each parameter as a view of the rank's own shard
-    (already on the device: nothing is copied), but DeepSpeed's NoGather handles still call
-    current_stream().synchronize() in wait(). Mark the parameters available without it."""
-    from deepspeed.runtime.zero import partition_parameters as pp
-
-    def wait_single(self, **kwargs) -> None:
-        self._NoGatherHandle__param.ds_status = pp.ZeroParamStatus.AVAILABLE
-        self._NoGatherHandle__complete = True
-
-    def wait_coalesced(self, **kwargs) -> None:
-        if not self._NoGatherCoalescedHandle__complete:
-            for param in self._NoGatherCoalescedHandle__params:
-                param.ds_status = pp.ZeroParamStatus.AVAILABLE
-        self._NoGatherCoalescedHandle__complete = True
-
-    pp.NoGatherHandle.wait = wait_single
-    pp.NoGatherCoalescedHandle.wait = wait_coalesced
 
 
 def _sample_lengths(row) -> list[int]:

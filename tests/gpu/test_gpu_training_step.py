@@ -56,3 +56,31 @@ def test_packed_rows_match_separate_samples_in_bf16_on_cuda(attention):
     separate = sum(summed([{**s, "position_ids": list(range(len(s["input_ids"])))}])
                    for s in samples)
     assert summed(list(pack(samples, 256))) == pytest.approx(separate, rel=2e-2)
+
+
+def test_torch_varlen_runs_fp32_weights_under_bf16_autocast():
+    """fp32 master weights under bf16 autocast (the bare reference loop of gpu_train.py):
+    rotary embeddings leave q and k in fp32, which the flash kernel refuses; torch_varlen
+    casts them to the autocast dtype, and the loss matches sdpa's under the same autocast."""
+    from transformers import AutoModelForCausalLM
+
+    from kakugo.models import TINY_GRANITE, granite_config
+    from kakugo.train.attention import register
+    from kakugo.train.data import IGNORE_INDEX, collate, model_inputs, pack
+
+    register()
+    config = granite_config(**TINY_GRANITE, use_cache=False)
+    samples = [{"input_ids": ids, "labels": [IGNORE_INDEX] * 5 + ids[5:]}
+               for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
+    rows = list(pack(samples, 256))
+    losses = {}
+    for attention in ("sdpa", "torch_varlen"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                 attn_implementation=attention).cuda()
+        inputs = model_inputs(collate(rows, 0), torch.bfloat16, attention, "cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        losses[attention] = loss.item()
+    assert losses["torch_varlen"] == pytest.approx(losses["sdpa"], rel=2e-2)
