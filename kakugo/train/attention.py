@@ -12,10 +12,19 @@ attention interfaces under `TORCH_VARLEN`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 TORCH_VARLEN = "torch_varlen"
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    """The keyword arguments this torch's varlen_attn takes (read once, not per layer call)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None,
@@ -35,7 +44,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         # flash kernel (a custom op, outside autocast's cast lists) takes only bf16/fp16.
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    parameters = inspect.signature(varlen_attn).parameters
+    parameters = _varlen_parameters()
     options: dict[str, Any] = {"scale": scaling}
     if "window_size" in parameters:
         options["window_size"] = (-1, 0)  # causal

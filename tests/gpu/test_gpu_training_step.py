@@ -6,6 +6,14 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
+def _samples() -> list[dict]:
+    """Three random samples of 40, 25 and 60 tokens, labels on all but the first 5."""
+    from kakugo.train.data import IGNORE_INDEX
+
+    return [{"input_ids": ids, "labels": [IGNORE_INDEX] * 5 + ids[5:]}
+            for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
+
+
 def test_granite_shaped_student_trains_in_bf16_on_cuda():
     from transformers import AutoModelForCausalLM
 
@@ -41,8 +49,7 @@ def test_packed_rows_match_separate_samples_in_bf16_on_cuda(attention):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
                                              attn_implementation=attention).cuda().eval()
-    samples = [{"input_ids": ids, "labels": [IGNORE_INDEX] * 5 + ids[5:]}
-               for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
+    samples = _samples()
 
     def summed(rows):
         inputs = model_inputs(collate(rows, 0), torch.bfloat16, attention, "cuda")
@@ -66,13 +73,11 @@ def test_torch_varlen_runs_fp32_weights_under_bf16_autocast():
 
     from kakugo.models import TINY_GRANITE, granite_config
     from kakugo.train.attention import register
-    from kakugo.train.data import IGNORE_INDEX, collate, model_inputs, pack
+    from kakugo.train.data import collate, model_inputs, pack
 
     register()
     config = granite_config(**TINY_GRANITE, use_cache=False)
-    samples = [{"input_ids": ids, "labels": [IGNORE_INDEX] * 5 + ids[5:]}
-               for ids in (torch.randint(0, 1000, (n,)).tolist() for n in (40, 25, 60))]
-    rows = list(pack(samples, 256))
+    rows = list(pack(_samples(), 256))
     losses = {}
     for attention in ("sdpa", "torch_varlen"):
         torch.manual_seed(0)
