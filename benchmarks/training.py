@@ -87,7 +87,7 @@ def main() -> None:
             f"training.cpus_per_worker={min(2, 2 / args.workers)}"])
         lang = resolve("gd")
         student = ModelSource.parse(config.student.model).materialize()
-        train_rows = prepare_data(config, lang, storage, student)[0].take_all()
+        train_rows = prepare_data(config, lang, storage, student).train.take_all()
         bare = bare_loop(student, train_rows, config)
         manifest = train_language(config, lang, storage)
     ray.shutdown()

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
@@ -29,7 +29,8 @@ from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
 
 log = logging.getLogger("kakugo.train")
 
-PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "samples")
+PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "samples", "split", "tokens")
+TRAIN, VALIDATION = "train", "validation"
 # How many tokenized samples are packed together (first-fit-decreasing within a window).
 PACK_WINDOW = 2048
 CONFIG_SECTIONS = ("teacher", "student", "generation", "translation", "filters", "dataset",
@@ -41,54 +42,74 @@ class TrainingDataError(ValueError):
 
 
 class TokenizeAndPack:
-    """Ray Data actor: SFT rows (messages) -> packed rows, with the student's tokenizer."""
+    """Ray Data actor: SFT rows (id, messages) -> packed rows, with the student's tokenizer.
+    Each row goes to the training or the validation split by its id (`is_validation`), and
+    the rows of a split are packed only with each other; every packed row says its split
+    and its token count."""
 
-    def __init__(self, student_path: str, cutoff_len: int, packing: bool):
+    def __init__(self, student_path: str, cutoff_len: int, packing: bool,
+                 validation_fraction: float, seed: int):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(student_path)
         self.cutoff_len, self.packing = cutoff_len, packing
+        self.validation_fraction, self.seed = validation_fraction, seed
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        samples = []
-        for messages in batch["messages"]:
+        splits: dict[str, list[dict[str, Any]]] = {TRAIN: [], VALIDATION: []}
+        for row_id, messages in zip(batch["id"], batch["messages"], strict=True):
             turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
             sample = tokenize_conversation(turns, self.tokenizer, self.cutoff_len)
             if sample is not None:
-                samples.append(sample)
-        if self.packing:
-            rows = list(pack(samples, self.cutoff_len))
-        else:
-            rows = [{**s, "position_ids": list(range(len(s["input_ids"]))), "samples": 1}
-                    for s in samples]
+                held_out = is_validation(row_id, self.validation_fraction, self.seed)
+                splits[VALIDATION if held_out else TRAIN].append(sample)
+        rows = []
+        for split, samples in splits.items():
+            if self.packing:
+                packed = pack(samples, self.cutoff_len)
+            else:
+                packed = ({**s, "position_ids": list(range(len(s["input_ids"]))), "samples": 1}
+                          for s in samples)
+            rows.extend({**r, "split": split, "tokens": len(r["input_ids"])} for r in packed)
         return pd.DataFrame.from_records(rows, columns=list(PACKED_COLUMNS))
-
-
-def _row_lengths(batch: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"tokens": [len(ids) for ids in batch["input_ids"]]})
 
 
 def is_validation(row_id: str, fraction: float, seed: int) -> bool:
     return fraction_of(row_id, ("validation", seed)) < fraction
 
 
-def prepare_data(config: RunConfig, lang: Language, storage: Storage, student_path: str):
-    """(train, validation) packed Ray Datasets, materialized in the object store."""
+@dataclass(frozen=True)
+class PackedData:
+    """The packed training and validation splits (materialized Ray Datasets), counted."""
+
+    train: Any
+    validation: Any
+    train_rows: int
+    validation_rows: int
+    train_tokens: int
+
+
+def prepare_data(config: RunConfig, lang: Language, storage: Storage,
+                 student_path: str) -> PackedData:
+    """Tokenize and pack the language's SFT rows in one pass (one tokenizer actor), then
+    split the packed rows; the counts come from two small columns of the packed rows."""
     import ray
+    from ray.data.expressions import col
 
     t = config.training
-    rows = storage.ray_dataset(f"{dataset_dir(lang.flores_code)}/data")
-    fraction, seed = t.validation_fraction, config.seed
-
-    def packed(dataset):
-        return dataset.map_batches(
-            TokenizeAndPack, fn_constructor_args=(student_path, t.cutoff_len, t.packing),
-            batch_size=PACK_WINDOW, batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5).materialize()
-
-    train = packed(rows.filter(lambda r: not is_validation(r["id"], fraction, seed)))
-    validation = packed(rows.filter(lambda r: is_validation(r["id"], fraction, seed)))
-    return train, validation
+    packed = storage.ray_dataset(f"{dataset_dir(lang.flores_code)}/data").map_batches(
+        TokenizeAndPack,
+        fn_constructor_args=(student_path, t.cutoff_len, t.packing, t.validation_fraction,
+                             config.seed),
+        batch_size=PACK_WINDOW, batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5).materialize()
+    counts = packed.select_columns(["split", "tokens"]).to_pandas()
+    train_counts = counts[counts["split"] == TRAIN]
+    return PackedData(
+        train=packed.filter(expr=col("split") == TRAIN).materialize(),
+        validation=packed.filter(expr=col("split") == VALIDATION).materialize(),
+        train_rows=len(train_counts), validation_rows=len(counts) - len(train_counts),
+        train_tokens=int(train_counts["tokens"].sum()))
 
 
 def plan_steps(train_rows: int, config: RunConfig) -> tuple[int, int]:
@@ -130,11 +151,10 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     t = config.training
     started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     student_path = ModelSource.parse(config.student.model).materialize()
-    train, validation = prepare_data(config, lang, storage, student_path)
-    train_rows, validation_rows = train.count(), validation.count()
+    data = prepare_data(config, lang, storage, student_path)
+    train_rows, validation_rows = data.train_rows, data.validation_rows
     per_epoch, total_steps = plan_steps(train_rows, config)
-    tokens = train.map_batches(_row_lengths, batch_format="pandas").sum("tokens")
-    efficiency = packing_efficiency(int(tokens or 0), train_rows, t.cutoff_len)
+    efficiency = packing_efficiency(data.train_tokens, train_rows, t.cutoff_len)
     log.info("train/%s: %d packed rows (packing efficiency %.2f), %d validation rows, "
              "%d steps on %d workers", code, train_rows, efficiency, validation_rows,
              total_steps, t.num_workers)
@@ -164,7 +184,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
             placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": train, "validation": validation},
+        datasets={"train": data.train, "validation": data.validation},
         # train is split evenly; every worker reads all of validation and scores its share
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(

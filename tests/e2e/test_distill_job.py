@@ -46,8 +46,11 @@ OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "training.placement_strategy=STRICT_SPREAD", "training.max_steps=2",
              "training.checkpoint_every_steps=2",
              # short list items: a random model's list replies then always finish, so
-             # every context text yields a prompt (and a decontamination reject)
-             "teacher.sampling.list_item_max_chars=60",
+             # every context text yields a prompt (and a decontamination reject); short
+             # free-text replies (a random model's never finish anyway): decoding steps are
+             # most of an engine pass's time on 2 cores
+             "teacher.sampling.list_item_max_chars=60", "teacher.sampling.max_tokens=24",
+             "translation.max_tokens=24",
              # evaluation in-process and short: the Serve path of evaluation is covered by
              # tests/integration/test_evaluate.py
              "evaluation.backend=hf", 'evaluation.tasks=["sib200", "flores_en_xx"]',

