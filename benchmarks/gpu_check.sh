@@ -7,9 +7,10 @@
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
 #     same numerics as ours), and with activation checkpointing; experiments on our step:
-#     DeepSpeed's in-flight event cap raised, every parameter resident (persistent: at world
-#     size 1 nothing is fetched or released), torch's own linear instead of DeepSpeed's
-#     memory-efficient one (same losses on CPU).
+#     every parameter resident (persistent: at world size 1 nothing is fetched or
+#     released), torch's own linear instead of DeepSpeed's memory-efficient one (same
+#     losses on CPU), DeepSpeed's DeepCompile (its op needs the CUDA headers: the check
+#     prints CUDA_HOME).
 # The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
 # Results land in benchmarks/results/; given RESULTS_DIR, the new ones are also packed into
 # RESULTS_DIR/gpu_check-results.tar.gz.
@@ -22,6 +23,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch, transformers, deepspeed; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, \
 torch.cuda.get_device_name(0))"
+python3 -c "from torch.utils.cpp_extension import CUDA_HOME; print('CUDA_HOME', CUDA_HOME)"
 started=$(mktemp)
 status=0
 step() { echo "== $* ($(date +%T))"; "$@" || status=1; }
@@ -31,7 +33,7 @@ bench --profile
 bench --bare-master-weights
 bench --zero resident='{"stage3_param_persistence_threshold": 10000000000}'
 bench --zero torch_linear='{"memory_efficient_linear": false}'
-bench --inflight 8
+bench --deepcompile
 bench --checkpointing
 echo "== done ($(date +%T))"
 if [ -n "${1:-}" ]; then

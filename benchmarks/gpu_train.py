@@ -183,6 +183,11 @@ def main() -> None:
                         help="experiment: raise DeepSpeed's cap on in-flight ZeRO-3 fetch and "
                              "reduce events (2, fixed in its code; the host waits on the GPU "
                              "when it is reached) to this number")
+    parser.add_argument("--deepcompile", action="store_true",
+                        help="experiment: our step compiled by DeepSpeed's DeepCompile "
+                             "(compile.deepcompile + engine.compile(): ZeRO-3's fetches and "
+                             "releases scheduled in the compiled graph instead of Python "
+                             "module hooks; CUDA only, builds DeepSpeed's `dc` op)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile two steps of each loop (results/*-profile.txt)")
     parser.add_argument("--bare-master-weights", action="store_true",
@@ -227,6 +232,7 @@ def main() -> None:
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
             + (f"-{zero_name}" if args.zero else "")
             + (f"-inflight{args.inflight}" if args.inflight else "")
+            + ("-deepcompile" if args.deepcompile else "")
             + ("" if gpu else "-cpu-check"))
 
     # (a) the bare loop
@@ -266,11 +272,15 @@ def main() -> None:
     layer_fetch = overrides.pop("layer_fetch", TrainingConfig().zero3_layer_fetch)
     ds_config = deepspeed_config(training, gpu)
     ds_config["zero_optimization"].update(overrides)
+    if args.deepcompile:
+        ds_config["compile"] = {"deepcompile": True}
     model = build()
     if layer_fetch:
         fetch_whole_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if args.deepcompile:
+        engine.compile()
     if args.inflight:  # private attributes of DeepSpeed 0.19: an experiment, not our step
         zero = engine.optimizer
         zero.max_param_reduce_events = args.inflight
@@ -309,6 +319,8 @@ def main() -> None:
     }
     if args.inflight:
         out["inflight_events_cap"] = args.inflight
+    if args.deepcompile:
+        out["deepcompile"] = True
     if args.zero:
         out["zero_setting"] = {zero_name: zero_setting}
     RESULTS.mkdir(exist_ok=True)
