@@ -5,6 +5,7 @@ own process group and stopped through it (never a machine-wide `ray stop`)."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,15 +20,17 @@ from tests.conftest import free_port
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def ray_env() -> dict[str, str]:
-    """The environment of the Ray nodes (and so of the jobs they run): this venv first on
-    PATH, so that a job's `python` is the one kakugo is installed in."""
+def ray_env(token: str) -> dict[str, str]:
+    """The environment of the Ray nodes (and so of the jobs they run) and of `ray` CLI calls:
+    this venv first on PATH, so that a job's `python` is the one kakugo is installed in, and
+    the cluster's auth token."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+            "HF_HUB_OFFLINE": "1"}
 
 
-def _alive_nodes(address: str) -> int:
-    status = subprocess.run([RAY, "status", f"--address={address}"], env=ray_env(),
+def _alive_nodes(address: str, token: str) -> int:
+    status = subprocess.run([RAY, "status", f"--address={address}"], env=ray_env(token),
                             capture_output=True, text=True, check=False)
     return status.stdout.count(" node_") if status.returncode == 0 else 0
 
@@ -35,8 +38,10 @@ def _alive_nodes(address: str) -> int:
 @pytest.fixture(scope="module")
 def two_node_cluster(s3_server, tmp_path_factory):
     """A head + one more node (4 logical CPUs each): {"address": GCS address, "jobs": the
-    job server's URL on 127.0.0.1}. Started after the S3 server so that every worker
-    process sees its endpoint and test credentials."""
+    job server's URL on 127.0.0.1, "token": the cluster's auth token (its own: the nodes,
+    the CLI calls and the Jobs REST API requests share it)}. Started after the S3 server so
+    that every worker process sees its endpoint and test credentials."""
+    token = secrets.token_hex(32)
     logs = tmp_path_factory.mktemp("ray-nodes")
     port, dashboard = free_port(), free_port()
     address = f"127.0.0.1:{port}"
@@ -46,11 +51,11 @@ def two_node_cluster(s3_server, tmp_path_factory):
          f"--dashboard-port={dashboard}",
          f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-', dir='/tmp')}", *common],
         stdout=(logs / "head.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True, env=ray_env())
+        start_new_session=True, env=ray_env(token))
     nodes = [head]
     try:
         for _ in range(90):
-            if _alive_nodes(address) >= 1:
+            if _alive_nodes(address, token) >= 1:
                 break
             time.sleep(2)
         # its own temp dir, as on another host: two nodes sharing one would unpack a job's
@@ -60,22 +65,22 @@ def two_node_cluster(s3_server, tmp_path_factory):
              f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-node-', dir='/tmp')}",
              *common],
             stdout=(logs / "node.log").open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True, env=ray_env()))
+            start_new_session=True, env=ray_env(token)))
         for _ in range(90):
-            if _alive_nodes(address) >= 2:
+            if _alive_nodes(address, token) >= 2:
                 break
             time.sleep(2)
         else:
             pytest.fail("the second Ray node did not join: " + (logs / "node.log").read_text())
         jobs = f"http://127.0.0.1:{dashboard}"
         for _ in range(60):  # the job server comes up with the dashboard, after the node
-            if subprocess.run([RAY, "job", "list", "--address", jobs], env=ray_env(),
+            if subprocess.run([RAY, "job", "list", "--address", jobs], env=ray_env(token),
                               capture_output=True, check=False).returncode == 0:
                 break
             time.sleep(2)
         else:
             pytest.fail("the job server did not start: " + (logs / "head.log").read_text())
-        yield {"address": address, "jobs": jobs}
+        yield {"address": address, "jobs": jobs, "token": token}
     finally:
         for proc in reversed(nodes):
             os.killpg(proc.pid, signal.SIGTERM)
