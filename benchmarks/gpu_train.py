@@ -179,10 +179,6 @@ def main() -> None:
     parser.add_argument("--zero", default="", metavar="NAME=JSON",
                         help="the ZeRO-3 setting to time (JSON merged into zero_optimization; "
                              "\"layer_fetch\": true|false for per-layer fetches)")
-    parser.add_argument("--inflight", type=int, default=0,
-                        help="experiment: raise DeepSpeed's cap on in-flight ZeRO-3 fetch and "
-                             "reduce events (2, fixed in its code; the host waits on the GPU "
-                             "when it is reached) to this number")
     parser.add_argument("--deepcompile", action="store_true",
                         help="experiment: our step compiled by DeepSpeed's DeepCompile "
                              "(compile.deepcompile + engine.compile(): ZeRO-3's fetches and "
@@ -231,7 +227,6 @@ def main() -> None:
             + ("-master" if master else "")
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
             + (f"-{zero_name}" if args.zero else "")
-            + (f"-inflight{args.inflight}" if args.inflight else "")
             + ("-deepcompile" if args.deepcompile else "")
             + ("" if gpu else "-cpu-check"))
 
@@ -281,11 +276,6 @@ def main() -> None:
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     if args.deepcompile:
         engine.compile()
-    if args.inflight:  # private attributes of DeepSpeed 0.19: an experiment, not our step
-        zero = engine.optimizer
-        zero.max_param_reduce_events = args.inflight
-        coordinator = zero.parameter_offload.get_param_coordinator()
-        coordinator._PartitionedParameterCoordinator__max_ongoing_fetch_events = args.inflight
 
     def ours_step(row):
         loss = engine(**batch(row)).loss
@@ -317,8 +307,6 @@ def main() -> None:
         "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
         "zero3_layer_fetch": layer_fetch,
     }
-    if args.inflight:
-        out["inflight_events_cap"] = args.inflight
     if args.deepcompile:
         out["deepcompile"] = True
     if args.zero:

@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 
 import boto3
-import httpx
 import pyarrow.dataset as pads
 import pytest
 
@@ -37,7 +36,7 @@ from kakugo.generate.assemble import AssembleStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
 from tests.conftest import REPO
-from tests.e2e.conftest import RAY, ray_env
+from tests.e2e.conftest import RAY, jobs_api, ray_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
@@ -87,12 +86,10 @@ def ray_job(cluster: dict, *args: str) -> str:
 
 
 def job_status(cluster: dict, job_id: str) -> str:
-    """The job's status from the Jobs REST API: polled often, and a `ray job status` would
-    start a Python process (~3 CPU-seconds) each time on a 2-core machine."""
-    reply = httpx.get(f"{cluster['jobs']}/api/jobs/{job_id}", timeout=30,
-                      headers={"Authorization": f"Bearer {cluster['token']}"})
-    reply.raise_for_status()
-    return reply.json()["status"]
+    """The job's status from the Jobs REST API (polled often: no CLI process each time)."""
+    job = jobs_api(cluster["jobs"], cluster["token"], job_id)
+    assert job is not None, f"the job server does not answer for {job_id}"
+    return job["status"]
 
 
 def job_logs(cluster: dict, job_id: str) -> str:
