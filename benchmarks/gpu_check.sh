@@ -6,11 +6,11 @@
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
-#     same numerics as ours), and with activation checkpointing; experiments on our step:
-#     every parameter resident (persistent: at world size 1 nothing is fetched or
-#     released), torch's own linear instead of DeepSpeed's memory-efficient one (same
-#     losses on CPU), DeepSpeed's DeepCompile (its op needs the CUDA headers: the check
-#     prints CUDA_HOME).
+#     numerics of our default, training.master_weights fp32), our step in pure bf16
+#     (training.master_weights bf16: the bare loop's numerics) against the pure-bf16 bare
+#     loop, and with activation checkpointing; experiments on our step: torch's own linear
+#     instead of DeepSpeed's memory-efficient one (same losses on CPU), DeepSpeed's
+#     DeepCompile (its op needs the CUDA headers: the check prints CUDA_HOME).
 # The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
 # Results land in benchmarks/results/; given RESULTS_DIR, the new ones are also packed into
 # RESULTS_DIR/gpu_check-results.tar.gz.
@@ -31,7 +31,7 @@ step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
 bench --bare-master-weights
-bench --zero resident='{"stage3_param_persistence_threshold": 10000000000}'
+bench --master-weights bf16
 bench --zero torch_linear='{"memory_efficient_linear": false}'
 bench --deepcompile
 bench --checkpointing

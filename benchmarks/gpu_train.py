@@ -6,7 +6,9 @@ kakugo/data: 40 layers, hidden 2560, ~3.4B parameters; random weights) with pack
 of `--cutoff` tokens:
   (a) a bare loop: transformers model + fused torch AdamW, bf16, no DeepSpeed;
   (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
-      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config).
+      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config), fp32 master
+      weights by default; `--master-weights bf16` times it in pure bf16, the bare loop's
+      numerics, and `--bare-master-weights` gives the bare loop fp32 master weights instead.
 For each: tokens/s, model FLOPs utilisation against a measured bf16 matmul peak, peak
 memory; and the ratio (b)/(a). `--zero NAME=JSON` times (b) with the JSON merged into
 DeepSpeed's `zero_optimization` section (one setting per process: DeepSpeed does not give
@@ -162,6 +164,7 @@ def profile(step, rows, device, name: str) -> dict:
 
 def main() -> None:
     import torch
+    from pydantic import ValidationError
 
     from kakugo.config import TrainingConfig
     from kakugo.train.data import collate, model_inputs
@@ -189,6 +192,9 @@ def main() -> None:
     parser.add_argument("--bare-master-weights", action="store_true",
                         help="the bare loop keeps fp32 weights and AdamW states and runs "
                              "under bf16 autocast (as our step does), instead of pure bf16")
+    parser.add_argument("--master-weights", choices=["fp32", "bf16"], default="fp32",
+                        help="our step's training.master_weights: fp32 (mixed precision, the "
+                             "default) or bf16 (pure bf16: the bare loop's numerics)")
     parser.add_argument("--unmasked", action="store_true",
                         help="plain causal attention over the packed row (samples see each "
                              "other): a speed reference for what the packing mask costs")
@@ -196,6 +202,14 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
+    try:  # our step's training section, checked before anything runs
+        training = TrainingConfig(
+            num_workers=1, use_gpu=gpu, precision="bf16" if gpu else "fp32",
+            master_weights=args.master_weights, micro_batch_size=1,
+            gradient_accumulation_steps=1, max_grad_norm=1.0, zero_stage=3,
+            attention=args.attention).model_dump()
+    except ValidationError as err:
+        parser.error(err.errors()[0]["msg"])
     config = model_config(args.tiny, args.attention)
     rows = packed_rows(args.steps, args.cutoff, config.vocab_size)
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
@@ -225,6 +239,7 @@ def main() -> None:
     name = ("gpu_train" + ("-checkpointing" if args.checkpointing else "")
             + ("-unmasked" if args.unmasked else "")
             + ("-master" if master else "")
+            + ("-bf16_master" if args.master_weights == "bf16" else "")
             + ("" if args.attention == "sdpa" else f"-{args.attention}")
             + (f"-{zero_name}" if args.zero else "")
             + ("-deepcompile" if args.deepcompile else "")
@@ -259,12 +274,9 @@ def main() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
-    training = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_grad_norm": 1.0,
-                "zero_stage": 3, "precision": "bf16" if gpu else "fp32"}
-
     zero_setting = json.loads(zero_text) if zero_text else {}
     overrides = dict(zero_setting)
-    layer_fetch = overrides.pop("layer_fetch", TrainingConfig().zero3_layer_fetch)
+    layer_fetch = overrides.pop("layer_fetch", training["zero3_layer_fetch"])
     ds_config = deepspeed_config(training, gpu)
     ds_config["zero_optimization"].update(overrides)
     if args.deepcompile:
@@ -306,6 +318,7 @@ def main() -> None:
         "ours_zero3": ours,
         "ratio_ours_over_bare": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
         "zero3_layer_fetch": layer_fetch,
+        "ours_master_weights": args.master_weights,
     }
     if args.deepcompile:
         out["deepcompile"] = True

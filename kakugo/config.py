@@ -257,6 +257,11 @@ class TrainingConfig(Strict):
         "PACK", description="how workers are placed on nodes (Ray placement group)")
     zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="training precision")
+    master_weights: Literal["fp32", "bf16"] = Field(
+        "fp32", description="precision of the optimizer's weights, gradients and AdamW "
+        "states when precision is bf16: fp32 (mixed precision: small updates are kept) or "
+        "bf16 (pure bf16, as a plain bf16 loop: 8 bytes less per parameter and less "
+        "optimizer work, but updates below bf16's resolution are lost); ZeRO stage 1-3")
     learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="decay after warmup")
@@ -294,10 +299,14 @@ class TrainingConfig(Strict):
     repetition_penalty: float = Field(1.05, gt=0, description="written to generation_config")
 
     @model_validator(mode="after")
-    def _gpu_kernels(self) -> TrainingConfig:
+    def _combinations(self) -> TrainingConfig:
         if self.attention in ("flash_attention_2", "torch_varlen") and not self.use_gpu:
             raise ValueError(f"attention {self.attention!r} runs on GPUs only (use_gpu is "
                              "false); use 'sdpa' or 'eager' on CPU")
+        if self.master_weights == "bf16" and (self.precision != "bf16" or self.zero_stage == 0):
+            raise ValueError(f"master_weights 'bf16' needs precision 'bf16' and zero_stage 1-3 "
+                             f"(got precision {self.precision!r}, zero_stage "
+                             f"{self.zero_stage}); use master_weights 'fp32'")
         return self
 
 

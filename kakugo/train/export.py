@@ -19,13 +19,14 @@ def model_card(cfg: dict[str, Any]) -> str:
               "datasets": [cfg["dataset_repo"]], "tags": ["kakugo", "distillation"]}
     import yaml
 
+    precision = "pure bf16" if t["master_weights"] == "bf16" else t["precision"]
     return f"""---
 {yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
 ---
 
 # {cfg['model_name']}
 
-`{cfg['student_model']}` fully fine-tuned (DeepSpeed ZeRO-{t['zero_stage']}, {t['precision']},
+`{cfg['student_model']}` fully fine-tuned (DeepSpeed ZeRO-{t['zero_stage']}, {precision},
 {t['epochs']} epoch(s), learning rate {t['learning_rate']}, {t['lr_scheduler']} schedule,
 cutoff length {t['cutoff_len']}, packing {'on' if t['packing'] else 'off'}) on the Kakugo
 {lang['name']} SFT data. Use greedy decoding with repetition penalty

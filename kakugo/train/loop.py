@@ -41,7 +41,10 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
             "overlap_comm": use_gpu,
             "contiguous_gradients": True,
         },
-        "bf16": {"enabled": t["precision"] == "bf16"},
+        "bf16": {"enabled": t["precision"] == "bf16",
+                 # pure bf16: DeepSpeed keeps no fp32 copy of weights, gradients or states
+                 **({"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+                    if t["master_weights"] == "bf16" else {})},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -134,7 +137,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     total_steps = cfg["total_steps"]
     warmup = int(t["warmup_ratio"] * total_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["learning_rate"],
-                                  weight_decay=t["weight_decay"], betas=(0.9, 0.999))
+                                  weight_decay=t["weight_decay"], betas=(0.9, 0.999),
+                                  fused=use_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t["lr_scheduler"], warmup, total_steps))
     engine, optimizer, _, scheduler = deepspeed.initialize(

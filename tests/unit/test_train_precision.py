@@ -1,0 +1,71 @@
+"""`training.master_weights`: the DeepSpeed config our loop builds, run by real DeepSpeed
+ZeRO-3 in this process (world size 1, gloo)."""
+
+import pytest
+import torch
+
+from kakugo.config import ConfigError, load_config
+from kakugo.train.loop import deepspeed_config
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    """One gloo group of one rank for the module (DeepSpeed keeps groups it derived from
+    the first one it saw). ZeRO-3 replaces torch's linear with its own for the whole
+    process; the other tests get torch's back."""
+    import torch.distributed as dist
+
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+            env.setenv(name, value)
+        store = dist.FileStore(str(tmp_path_factory.mktemp("dist") / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        linear = torch.nn.functional.linear
+        yield
+        torch.nn.functional.linear = linear
+        dist.destroy_process_group()
+
+
+def _train(training, steps: int = 12):
+    """Our DeepSpeed config around a 2-layer Granite student; the ZeRO optimizer and the
+    losses of `steps` optimizer steps on one repeated batch."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
+    from kakugo.models import TINY_GRANITE, granite_config
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    torch.manual_seed(0)
+    config = granite_config(**{**TINY_GRANITE, "num_hidden_layers": 2}, use_cache=False)
+    dtype = torch.bfloat16 if training.precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(
+        training.model_dump(mode="json"), use_gpu=False))
+    batch = torch.randint(0, 1000, (1, 64))
+    losses = []
+    for _ in range(steps):
+        loss = engine(input_ids=batch, labels=batch).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return engine.optimizer, losses
+
+
+@pytest.mark.parametrize("master", ["fp32", "bf16"])
+def test_master_weights_set_the_precision_of_the_optimizer_copy(process_group, master):
+    training = load_config(None, ["training.precision=bf16", "training.zero_stage=3",
+                                  f"training.master_weights={master}"]).training
+    zero, losses = _train(training)
+    expected = torch.float32 if master == "fp32" else torch.bfloat16
+    assert {t.dtype for t in zero.fp32_partitioned_groups_flat} == {expected}
+    states = [s for s in zero.optimizer.state.values() if s]
+    assert states and {s["exp_avg"].dtype for s in states} == {expected}
+    assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("override", ["training.precision=fp32", "training.zero_stage=0"])
+def test_bf16_master_weights_need_bf16_and_zero(override):
+    with pytest.raises(ConfigError, match="master_weights 'bf16' needs precision 'bf16' and "
+                                          "zero_stage 1-3"):
+        load_config(None, ["training.master_weights=bf16", override])
