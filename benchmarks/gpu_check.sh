@@ -8,7 +8,8 @@
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
 #     numerics of our default, training.master_weights fp32), our step in pure bf16
 #     (training.master_weights bf16: the bare loop's numerics) against the pure-bf16 bare
-#     loop, and with activation checkpointing; experiments on our step: torch's own linear
+#     loop (profiled too: benchmarks/zero3_traffic.py predicts the GPU time it adds), and
+#     with activation checkpointing; experiments on our step: torch's own linear
 #     instead of DeepSpeed's memory-efficient one (same losses on CPU), DeepSpeed's
 #     DeepCompile (its op needs the CUDA headers: the check prints CUDA_HOME).
 # The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
@@ -31,7 +32,7 @@ step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
 bench --bare-master-weights
-bench --master-weights bf16
+bench --master-weights bf16 --profile
 bench --zero torch_linear='{"memory_efficient_linear": false}'
 bench --deepcompile
 bench --checkpointing

@@ -62,6 +62,14 @@ def _gpu_train(d: dict) -> Panels:
             ("peak memory (GiB)", {k: v["peak_memory_gib"] for k, v in sides.items()})]
 
 
+def _zero3_traffic(d: dict) -> Panels:
+    sides = {"bare bf16": d["bare_bf16"], "ours, fp32 master": d["ours_master_fp32"],
+             "ours, bf16 master": d["ours_master_bf16"]}
+    return [("bytes per parameter and step", {k: v["bytes_per_param"] for k, v in sides.items()}),
+            (f"Granite-Micro ms at {d['bandwidth_tb_per_s']} TB/s",
+             {k: v["ms_at_bandwidth"] for k, v in sides.items()})]
+
+
 def _language_id(d: dict) -> Panels:
     covered = {k: v for k, v in d["per_language"].items() if "top1_accuracy" in v}
     return [("top-1 accuracy", {k[:3]: v["top1_accuracy"] for k, v in covered.items()}),
@@ -77,7 +85,7 @@ def _eval_fidelity(d: dict) -> Panels:
 PANELS: dict[str, Callable[[dict], Panels]] = {
     "scaling": _scaling, "generation": _generation, "training": _training,
     "serving": _serving, "gpu_train": _gpu_train, "language_id": _language_id,
-    "eval_fidelity": _eval_fidelity}
+    "eval_fidelity": _eval_fidelity, "zero3_traffic": _zero3_traffic}
 
 
 def plot(path: Path) -> Path | None:
