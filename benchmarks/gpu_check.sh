@@ -9,12 +9,11 @@
 #     numerics of our default, training.master_weights fp32), our step in pure bf16
 #     (training.master_weights bf16: the bare loop's numerics) against the pure-bf16 bare
 #     loop (profiled too: benchmarks/zero3_traffic.py predicts the GPU time it adds), and
-#     with activation checkpointing; experiments on our step: torch's own linear
-#     instead of DeepSpeed's memory-efficient one (same losses on CPU; DeepSpeed's is an
-#     autograd Function whose every call binds its signature through inspect, and under
-#     activation checkpointing the first forward saves no weights for torch's linear to
-#     hold), with and without checkpointing, and DeepSpeed's DeepCompile (its op needs
-#     the CUDA headers: the check prints CUDA_HOME).
+#     with activation checkpointing; experiments on our step: the other linear (our step
+#     uses DeepSpeed's memory-efficient linear without activation checkpointing and
+#     torch's own with it; DeepSpeed's is an autograd Function whose every call binds its
+#     signature through inspect), with and without checkpointing, and DeepSpeed's
+#     DeepCompile (its op needs the CUDA headers: the check prints CUDA_HOME).
 # The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
 # Results land in benchmarks/results/; given RESULTS_DIR, the new ones are also packed into
 # RESULTS_DIR/gpu_check-results.tar.gz.
@@ -39,7 +38,7 @@ bench --master-weights bf16 --profile
 bench --zero torch_linear='{"memory_efficient_linear": false}'
 bench --deepcompile
 bench --checkpointing
-bench --checkpointing --zero torch_linear='{"memory_efficient_linear": false}'
+bench --checkpointing --zero efficient_linear='{"memory_efficient_linear": true}'
 echo "== done ($(date +%T))"
 if [ -n "${1:-}" ]; then
   mkdir -p "$1" && find benchmarks/results -name 'gpu_train*' -newer "$started" -printf '%P\n' \

@@ -207,7 +207,7 @@ def main() -> None:
             num_workers=1, use_gpu=gpu, precision="bf16" if gpu else "fp32",
             master_weights=args.master_weights, micro_batch_size=1,
             gradient_accumulation_steps=1, max_grad_norm=1.0, zero_stage=3,
-            attention=args.attention).model_dump()
+            gradient_checkpointing=args.checkpointing, attention=args.attention).model_dump()
     except ValidationError as err:
         parser.error(err.errors()[0]["msg"])
     config = model_config(args.tiny, args.attention)

@@ -40,6 +40,11 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
             "stage3_gather_16bit_weights_on_model_save": True,
             "overlap_comm": use_gpu,
             "contiguous_gradients": True,
+            # DeepSpeed's linear keeps a layer's gathered weights from being held for the
+            # backward pass, at the host cost of an autograd Function binding its signature
+            # on every call. Under activation checkpointing the first forward saves nothing,
+            # so torch's own linear holds no more memory.
+            "memory_efficient_linear": not t["gradient_checkpointing"],
         },
         "bf16": {"enabled": t["precision"] == "bf16",
                  # pure bf16: DeepSpeed keeps no fp32 copy of weights, gradients or states

@@ -44,6 +44,7 @@ OVERRIDES = [
     "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=72",
     "training.epochs=3", "training.report_every_steps=2", "training.checkpoint_every_steps=6",
     "training.validation_fraction=0.1", "training.keep_checkpoints=2",
+    "training.gradient_checkpointing=true",  # as paper.yaml (the e2e job trains without)
 ]
 
 

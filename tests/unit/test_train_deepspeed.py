@@ -1,5 +1,6 @@
-"""`training.master_weights`: the DeepSpeed config our loop builds, run by real DeepSpeed
-ZeRO-3 in this process (world size 1, gloo)."""
+"""The DeepSpeed config our loop builds (`training.master_weights`, the linear layer under
+activation checkpointing), run by real DeepSpeed ZeRO-3 in this process (world size 1,
+gloo)."""
 
 import pytest
 import torch
@@ -69,3 +70,17 @@ def test_bf16_master_weights_need_bf16_and_zero(override):
     with pytest.raises(ConfigError, match="master_weights 'bf16' needs precision 'bf16' and "
                                           "zero_stage 1-3"):
         load_config(None, ["training.master_weights=bf16", override])
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_torch_linear_is_kept_under_activation_checkpointing_only(process_group, checkpointing):
+    """Without checkpointing ZeRO-3 swaps in DeepSpeed's linear, which saves the weight
+    itself for backward instead of a view that would hold a gathered layer's memory."""
+    linear = torch.nn.functional.linear
+    try:
+        training = load_config(None, ["training.precision=fp32", "training.gradient_checkpointing="
+                                      + str(checkpointing).lower()]).training
+        _train(training, steps=2)
+        assert (torch.nn.functional.linear is linear) is checkpointing
+    finally:
+        torch.nn.functional.linear = linear
