@@ -8,7 +8,7 @@
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
 #     numerics of our default, training.master_weights fp32), our step in pure bf16
 #     (training.master_weights bf16: the bare loop's numerics) against the pure-bf16 bare
-#     loop (profiled too: benchmarks/zero3_traffic.py predicts the GPU time it adds), and
+#     loop (profiled too: benchmarks/zero3_overhead.py predicts the GPU time it adds), and
 #     with activation checkpointing; experiments on our step: the other linear (our step
 #     uses DeepSpeed's memory-efficient linear without activation checkpointing and
 #     torch's own with it; DeepSpeed's is an autograd Function whose every call binds its

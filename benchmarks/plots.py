@@ -62,12 +62,18 @@ def _gpu_train(d: dict) -> Panels:
             ("peak memory (GiB)", {k: v["peak_memory_gib"] for k, v in sides.items()})]
 
 
-def _zero3_traffic(d: dict) -> Panels:
-    sides = {"bare bf16": d["bare_bf16"], "ours, fp32 master": d["ours_master_fp32"],
-             "ours, bf16 master": d["ours_master_bf16"]}
+def _zero3_overhead(d: dict) -> Panels:
+    traffic = d["traffic"]
+    sides = {"bare bf16": traffic["bare_bf16"], "ours, fp32 master": traffic["ours_master_fp32"],
+             "ours, bf16 master": traffic["ours_master_bf16"]}
+    host = {f"{k.split('_')[0]}{', ckpt' if part == 'checkpointing' else ''}": v
+            for part in ("no_checkpointing", "checkpointing")
+            for k, v in d["host_time"][part]["ms_per_step"].items()
+            if k == "bare" or k == d["host_time"][part]["our_config"]}
     return [("bytes per parameter and step", {k: v["bytes_per_param"] for k, v in sides.items()}),
-            (f"Granite-Micro ms at {d['bandwidth_tb_per_s']} TB/s",
-             {k: v["ms_at_bandwidth"] for k, v in sides.items()})]
+            (f"Granite-Micro ms at {traffic['bandwidth_tb_per_s']} TB/s",
+             {k: v["ms_at_bandwidth"] for k, v in sides.items()}),
+            (f"host ms per step, {d['host_time']['layers']} layers", host)]
 
 
 def _language_id(d: dict) -> Panels:
@@ -85,7 +91,7 @@ def _eval_fidelity(d: dict) -> Panels:
 PANELS: dict[str, Callable[[dict], Panels]] = {
     "scaling": _scaling, "generation": _generation, "training": _training,
     "serving": _serving, "gpu_train": _gpu_train, "language_id": _language_id,
-    "eval_fidelity": _eval_fidelity, "zero3_traffic": _zero3_traffic}
+    "eval_fidelity": _eval_fidelity, "zero3_overhead": _zero3_overhead}
 
 
 def plot(path: Path) -> Path | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # in order: the stage benchmarks of the issues, then scaling (the longest)
-CPU = ("language_id", "eval_fidelity", "generation", "training", "zero3_traffic", "serving",
+CPU = ("language_id", "eval_fidelity", "generation", "training", "zero3_overhead", "serving",
        "scaling")
 GPU = ("gpu_train",)
 # the settings the recorded results were measured with (serving: issue 9's load test)
