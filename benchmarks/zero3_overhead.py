@@ -4,19 +4,20 @@ bare loop of benchmarks/gpu_train.py (bf16 weights, clip_grad_norm_, AdamW) agai
 step (DeepSpeed ZeRO-3 at world size 1 with kakugo.train.loop.deepspeed_config and
 zero3_layer_fetch):
 
-Memory traffic per parameter. Besides the model's forward and backward, a step streams every weight, gradient and
-optimizer state through memory in elementwise passes (gradient norm and clipping, the
-optimizer, copies between buffers). On a GPU those passes are bound by memory bandwidth,
-so their bytes set a floor on the time they take. This script counts them on CPU, where
-the same Python code runs: a torch function mode sees every tensor operation that
-DeepSpeed's hooks and optimizer wrapper (or the bare loop's clipping) call, and the bytes
-each one reads and writes are summed by call site, for our step with
-`training.master_weights` fp32 (the default) and bf16. The optimizer's own update is counted as the single pass of a fused AdamW kernel (reads
-weights, gradients and both moments, writes weights and moments), since the CPU runs
-torch's multi-tensor path instead. Model-side operations (embedding, matmuls in
-DeepSpeed's linear) are left out: both loops do them. The totals are scaled to the
-Granite-4.0-Micro parameter count and turned into milliseconds at `--bandwidth` (default
-4.8 TB/s, an H200's peak: a lower bound on the time).
+Memory traffic per parameter. Besides the model's forward and backward, a step streams
+every weight, gradient and optimizer state through memory in elementwise passes (gradient
+norm and clipping, the optimizer, copies between buffers). On a GPU those passes are bound
+by memory bandwidth, so their bytes set a floor on the time they take. They are counted
+here on CPU, where the same Python code runs: a torch function mode sees every tensor
+operation that DeepSpeed's hooks and optimizer wrapper (or the bare loop's clipping) call,
+and the bytes each one reads and writes are summed by call site, for our step with
+`training.master_weights` fp32 (the default) and bf16. The optimizer's own update is
+counted as the single pass of a fused AdamW kernel (reads weights, gradients and both
+moments, writes weights and moments), since the CPU runs torch's multi-tensor path
+instead. Model-side operations (embedding, matmuls in DeepSpeed's linear) are left out:
+both loops do them. The totals are scaled to the Granite-4.0-Micro parameter count and
+turned into milliseconds at `--bandwidth` (default 4.8 TB/s, an H200's peak: a lower
+bound on the time).
 
 Host time per step. On a GPU the host must queue a step's kernels faster than the GPU runs
 them; the Python that ZeRO-3's hooks add is GPU idle time wherever the host is behind
@@ -42,12 +43,13 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# calls that move no data (views, metadata) or that belong to the model's own compute
+# calls that move no data (views, metadata)
 NO_TRAFFIC = {"__get__", "__set__", "numel", "is_complex", "narrow", "view", "view_as",
               "chunk", "split", "__getitem__", "size", "dim", "detach", "t", "data_ptr",
               "element_size", "is_floating_point", "requires_grad_", "record_stream",
               "__len__", "_has_compatible_shallow_copy_type", "untyped_storage",
               "storage_offset", "nelement", "is_contiguous", "stride", "flatten"}
+# call sites of the model's own compute (both loops do it)
 MODEL_SITES = ("deepspeed/runtime/zero/linear.py", "deepspeed/runtime/engine.py")
 LIBRARY_PATHS = ("deepspeed/", "torch/nn/utils/")
 
