@@ -162,13 +162,40 @@ def profile(step, rows, device, name: str) -> dict:
                            for k, v in waits.items()}}
 
 
+def zero3_engine(model, training: dict, zero: dict | None = None, layer_fetch: bool = True,
+                 deepcompile: bool = False):
+    """Our DeepSpeed ZeRO-3 engine at world size 1 around `model`: the config
+    kakugo.train.loop.deepspeed_config builds from `training` (a TrainingConfig dump), with
+    `zero` merged into its zero_optimization section, and torch AdamW (fused on a GPU)."""
+    import deepspeed
+    import torch
+
+    from kakugo.train.loop import deepspeed_config, fetch_whole_layers
+
+    gpu = training["use_gpu"]
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0",
+                        "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(name, value)
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+    ds_config = deepspeed_config(training, gpu)
+    ds_config["zero_optimization"].update(zero or {})
+    if deepcompile:
+        ds_config["compile"] = {"deepcompile": True}
+    if layer_fetch:
+        fetch_whole_layers(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if deepcompile:
+        engine.compile()
+    return engine
+
+
 def main() -> None:
     import torch
     from pydantic import ValidationError
 
     from kakugo.config import TrainingConfig
     from kakugo.train.data import collate, model_inputs
-    from kakugo.train.loop import deepspeed_config, fetch_whole_layers
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
@@ -261,33 +288,15 @@ def main() -> None:
     bare = run(bare_step, rows, device, args.warmup)
     if args.profile:
         bare["profile"] = profile(bare_step, rows, device, f"{name}-bare")
-    del model, optimizer
+    model = optimizer = None  # the bare loop's memory goes back before ours is built
     if gpu:
         torch.cuda.empty_cache()
 
     # (b) our step: DeepSpeed ZeRO-3, world size 1
-    import deepspeed
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29511")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
     zero_setting = json.loads(zero_text) if zero_text else {}
     overrides = dict(zero_setting)
     layer_fetch = overrides.pop("layer_fetch", training["zero3_layer_fetch"])
-    ds_config = deepspeed_config(training, gpu)
-    ds_config["zero_optimization"].update(overrides)
-    if args.deepcompile:
-        ds_config["compile"] = {"deepcompile": True}
-    model = build()
-    if layer_fetch:
-        fetch_whole_layers(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    if args.deepcompile:
-        engine.compile()
+    engine = zero3_engine(build(), training, overrides, layer_fetch, args.deepcompile)
 
     def ours_step(row):
         loss = engine(**batch(row)).loss

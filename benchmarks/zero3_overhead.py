@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import platform
 import statistics
 import time
@@ -54,10 +53,10 @@ MODEL_SITES = ("deepspeed/runtime/zero/linear.py", "deepspeed/runtime/engine.py"
 LIBRARY_PATHS = ("deepspeed/", "torch/nn/utils/")
 
 
-def fused_adamw_bytes(weights: int, states: int) -> int:
-    """Bytes per parameter of one fused AdamW pass: weights, gradient (the weights' size
-    here) and two moments read; weights and two moments written."""
-    return 2 * weights + 2 * states + weights + 2 * states
+def fused_adamw_bytes(width: int) -> int:
+    """Bytes per parameter of one fused AdamW pass over `width`-byte weights, gradients and
+    moments: weights, gradient and two moments read; weights and two moments written."""
+    return 7 * width
 
 
 def _tensors(value):
@@ -86,20 +85,21 @@ def traffic_mode():
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             name = getattr(func, "__name__", str(func))
+            if name in NO_TRAFFIC:
+                return out
             frames = [f for f in traceback.extract_stack()[:-1]
                       if any(p in f.filename for p in LIBRARY_PATHS)]
-            if name in NO_TRAFFIC or not frames:
+            if not frames:
                 return out
             frame = frames[-1]
             site = frame.filename.split("site-packages/")[-1]
             if site.startswith(MODEL_SITES):
                 return out
             inputs = list(_tensors(list(args) + list((kwargs or {}).values())))
-            written = _nbytes(_tensors(args[0])) if args else 0
             if name == "copy_" or out is None:  # writes the first argument, reads the rest
                 moved = _nbytes(inputs)
             elif name.endswith("_"):  # in place: reads all, writes the first argument
-                moved = _nbytes(inputs) + written
+                moved = _nbytes(inputs) + _nbytes(_tensors(args[0]))
             else:  # reads the inputs, writes new outputs; nothing when it returns an input
                 ptrs = {t.data_ptr() for t in inputs}
                 new = [t for t in _tensors(out) if t.data_ptr() not in ptrs]
@@ -157,25 +157,15 @@ def bare_loop(model):
 
 
 def our_engine(model, zero: dict | None = None, **training):
-    """Our ZeRO-3 engine at world size 1 around `model` and its step."""
-    import deepspeed
-    import torch
+    """Our ZeRO-3 engine at world size 1 around `model` (gpu_train.zero3_engine, with the
+    GPU's overlap_comm) and its step."""
+    from gpu_train import zero3_engine
 
     from kakugo.config import TrainingConfig
-    from kakugo.train.loop import deepspeed_config, fetch_whole_layers
 
-    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512", "RANK": "0",
-                        "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(name, value)
-    deepspeed.init_distributed(dist_backend="gloo")
     t = TrainingConfig(num_workers=1, use_gpu=False, precision="bf16", zero_stage=3,
                        **training).model_dump()
-    ds_config = deepspeed_config(t, use_gpu=False)
-    ds_config["zero_optimization"].update(overlap_comm=True, **(zero or {}))  # as on a GPU
-    fetch_whole_layers(model)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5),
-        config=ds_config)
+    engine = zero3_engine(model, t, {"overlap_comm": True, **(zero or {})})
 
     def step(batch):
         engine.backward(engine(input_ids=batch, labels=batch).loss)
@@ -208,7 +198,7 @@ def traffic(bandwidth: float) -> dict:
     # the update itself is counted as one fused AdamW pass
     other, sites = measure(lambda: bare_step(batch, update=False), params)
     results = {"bare_bf16": {"other_bytes_per_param": round(other, 1),
-                             "adamw_bytes_per_param": fused_adamw_bytes(2, 2), "sites": sites}}
+                             "adamw_bytes_per_param": fused_adamw_bytes(2), "sites": sites}}
     for master in ("fp32", "bf16"):
         engine, step = our_engine(build(config), master_weights=master,
                                   gradient_checkpointing=False)
@@ -217,7 +207,7 @@ def traffic(bandwidth: float) -> dict:
         width = 4 if master == "fp32" else 2
         results[f"ours_master_{master}"] = {
             "other_bytes_per_param": round(other, 1),
-            "adamw_bytes_per_param": fused_adamw_bytes(width, width), "sites": sites}
+            "adamw_bytes_per_param": fused_adamw_bytes(width), "sites": sites}
 
     full = granite_micro_parameters()
 
