@@ -6,7 +6,8 @@ kakugo/data: 40 layers, hidden 2560, ~3.4B parameters; random weights) with pack
 of `--cutoff` tokens:
   (a) a bare loop: transformers model + fused torch AdamW, bf16, no DeepSpeed;
   (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
-      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config), fp32 master
+      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config and
+      initialize_engine, with its fp32 gradient norm), fp32 master
       weights by default; `--master-weights bf16` times it in pure bf16, the bare loop's
       numerics, and `--bare-master-weights` gives the bare loop fp32 master weights instead.
 For each: tokens/s, model FLOPs utilisation against a measured bf16 matmul peak, peak
@@ -170,7 +171,7 @@ def zero3_engine(model, training: dict, zero: dict | None = None, layer_fetch: b
     import deepspeed
     import torch
 
-    from kakugo.train.loop import deepspeed_config, fetch_whole_layers
+    from kakugo.train.loop import deepspeed_config, fetch_whole_layers, initialize_engine
 
     gpu = training["use_gpu"]
     for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0",
@@ -184,7 +185,7 @@ def zero3_engine(model, training: dict, zero: dict | None = None, layer_fetch: b
     if layer_fetch:
         fetch_whole_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, *_ = initialize_engine(model, optimizer, ds_config)
     if deepcompile:
         engine.compile()
     return engine

@@ -40,6 +40,9 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
             "stage3_gather_16bit_weights_on_model_save": True,
             "overlap_comm": use_gpu,
             "contiguous_gradients": True,
+            # one worker has nothing to scatter: its reduce path without the scatter's
+            # interleaving copy (6 bytes a parameter fewer each step)
+            "reduce_scatter": t["num_workers"] > 1,
             # DeepSpeed's linear keeps a layer's gathered weights from being held for the
             # backward pass, at the host cost of an autograd Function binding its signature
             # on every call. Under activation checkpointing the first forward saves nothing,
@@ -54,6 +57,50 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def initialize_engine(model, optimizer, ds_config: dict[str, Any], lr_scheduler=None):
+    """`deepspeed.initialize` (engine, optimizer, scheduler); a ZeRO-3 optimizer takes its
+    gradient norm in fp32 (`fp32_grad_norm`)."""
+    import deepspeed
+
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config)
+    if ds_config["zero_optimization"]["stage"] == 3:
+        fp32_grad_norm(optimizer)
+    return engine, optimizer, lr_scheduler
+
+
+def fp32_grad_norm(zero3_optimizer) -> None:
+    """DeepSpeed's ZeRO-3 step takes the gradient norm (for clipping) on fp64 copies of the
+    gradient partitions: each step writes and reads 8 bytes a parameter besides reading the
+    gradients (18 bytes a parameter in all, benchmarks/zero3_overhead.py). This optimizer
+    takes it instead as torch's clip_grad_norm_ does: a multi-tensor kernel reads the
+    gradients once and accumulates in fp32 (2 bytes a parameter for bf16 gradients). Only
+    for the L2 norm over data-parallel ranks (no tensor- or expert-parallel groups); other
+    calls go to DeepSpeed's own. A non-finite norm is -1, as there: the step is skipped."""
+    import types
+
+    import deepspeed.comm as dist
+    import torch
+
+    stock = zero3_optimizer.get_grad_norm_direct
+
+    def get_grad_norm_direct(self, gradients, params, norm_type=2):
+        if float(norm_type) != 2.0 or self.model_parallel_group is not None or \
+                self._autoep_expert_parallel_group(params) is not None:
+            return stock(gradients, params, norm_type)
+        squares = torch.zeros((), dtype=torch.float32, device=self.device)
+        if gradients:
+            norms = torch._foreach_norm(list(gradients), 2, dtype=torch.float32)
+            squares = torch.stack(norms).square().sum()
+        dist.all_reduce(squares, op=dist.ReduceOp.SUM,
+                        group=self._get_param_partition_group(params[0]))
+        norm = squares.sqrt()
+        return torch.where(norm.isfinite(), norm, torch.full_like(norm, -1.0))
+
+    zero3_optimizer.get_grad_norm_direct = types.MethodType(get_grad_norm_direct,
+                                                            zero3_optimizer)
 
 
 def fetch_whole_layers(model) -> None:
@@ -146,8 +193,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                                   fused=use_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t["lr_scheduler"], warmup, total_steps))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine, optimizer, scheduler = initialize_engine(model, optimizer, ds_config, scheduler)
     local_params = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
                        for p in engine.module.parameters())
     params_per_rank: list[int] = [0] * world

@@ -1,12 +1,12 @@
-"""The DeepSpeed config our loop builds (`training.master_weights`, the linear layer under
-activation checkpointing), run by real DeepSpeed ZeRO-3 in this process (world size 1,
-gloo)."""
+"""The DeepSpeed engine our loop builds (`training.master_weights`, the linear layer under
+activation checkpointing, ZeRO-3's gradient norm), run by real DeepSpeed ZeRO-3 in this
+process (world size 1, gloo)."""
 
 import pytest
 import torch
 
 from kakugo.config import ConfigError, load_config
-from kakugo.train.loop import deepspeed_config
+from kakugo.train.loop import deepspeed_config, initialize_engine
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,8 @@ def process_group(tmp_path_factory):
         dist.destroy_process_group()
 
 
-def _train(training, steps: int = 12):
-    """Our DeepSpeed config around a 2-layer Granite student; the ZeRO optimizer and the
-    losses of `steps` optimizer steps on one repeated batch."""
+def _engine(training):
+    """Our engine around a 2-layer Granite student, and a batch for it."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -41,9 +40,14 @@ def _train(training, steps: int = 12):
     dtype = torch.bfloat16 if training.precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(
+    engine, *_ = initialize_engine(model, optimizer, deepspeed_config(
         training.model_dump(mode="json"), use_gpu=False))
-    batch = torch.randint(0, 1000, (1, 64))
+    return engine, torch.randint(0, 1000, (1, 64))
+
+
+def _train(training, steps: int = 12):
+    """The ZeRO optimizer and the losses of `steps` optimizer steps on one repeated batch."""
+    engine, batch = _engine(training)
     losses = []
     for _ in range(steps):
         loss = engine(input_ids=batch, labels=batch).loss
@@ -84,3 +88,36 @@ def test_torch_linear_is_kept_under_activation_checkpointing_only(process_group,
         assert (torch.nn.functional.linear is linear) is checkpointing
     finally:
         torch.nn.functional.linear = linear
+
+
+def test_zero3_gradient_norm_matches_deepspeeds_without_fp64_copies(process_group):
+    """Our ZeRO-3 optimizer's gradient norm equals DeepSpeed's own (taken on fp64 copies),
+    makes no fp64 tensor, and is -1 (the step is skipped) when a gradient is not finite."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: set[torch.dtype] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.seen |= {t.dtype for t in torch.utils._pytree.tree_leaves(out)
+                          if isinstance(t, torch.Tensor)}
+            return out
+
+    training = load_config(None, ["training.precision=bf16", "training.zero_stage=3"]).training
+    engine, batch = _engine(training)
+    engine.backward(engine(input_ids=batch, labels=batch).loss)
+    zero = engine.optimizer
+    grads, params = zero.averaged_gradients[0], zero.fp16_groups[0]
+    assert {g.dtype for g in grads} == {torch.bfloat16}
+    stock = type(zero).get_grad_norm_direct(zero, grads, params)
+    with Dtypes() as mode:
+        ours = zero.get_grad_norm_direct(grads, params)
+    assert torch.float64 not in mode.seen
+    assert ours.dtype == torch.float32 and float(ours) > 0
+    assert float(ours) == pytest.approx(float(stock), rel=1e-5)
+    grads[0].view(-1)[0] = float("nan")
+    assert float(zero.get_grad_norm_direct(grads, params)) == -1.0
+    assert float(type(zero).get_grad_norm_direct(zero, grads, params)) == -1.0
