@@ -8,8 +8,8 @@ Memory traffic per parameter. Besides the model's forward and backward, a step s
 every weight, gradient and optimizer state through memory in elementwise passes (gradient
 norm and clipping, the optimizer, copies between buffers). On a GPU those passes are bound
 by memory bandwidth, so their bytes set a floor on the time they take. They are counted
-here on CPU, where the same Python code runs: a torch function mode sees every tensor
-operation that DeepSpeed's hooks and optimizer wrapper (or the bare loop's clipping) call,
+here on CPU, where the same Python code runs: a torch dispatch mode sees every tensor
+operation that DeepSpeed's hooks and optimizer wrapper (or the bare loop's clipping) run,
 and the bytes each one reads and writes are summed by call site, for our step with
 `training.master_weights` fp32 (the default) and bf16. The optimizer's own update is
 counted as the single pass of a fused AdamW kernel (reads weights, gradients and both
@@ -22,8 +22,8 @@ bound on the time).
 Host time per step. On a GPU the host must queue a step's kernels faster than the GPU runs
 them; the Python that ZeRO-3's hooks add is GPU idle time wherever the host is behind
 (after a synchronisation, in the optimizer step). Timed here on a model with
-Granite-4.0-Micro's 40 layers and a tiny width, where the step is almost all host work:
-milliseconds per step of each loop (median of interleaved rounds), with and without
+Granite-4.0-Micro's 40 layers and a tiny width, where the step is almost all host work,
+and DeepSpeed's sizes scaled to it (zero_settings_at_scale): milliseconds per step of each loop (median of interleaved rounds), with and without
 activation checkpointing, our step with each linear layer (DeepSpeed's memory-efficient
 one, torch's own: our config picks torch's under checkpointing).
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import platform
 import statistics
@@ -42,12 +43,6 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# calls that move no data (views, metadata)
-NO_TRAFFIC = {"__get__", "__set__", "numel", "is_complex", "narrow", "view", "view_as",
-              "chunk", "split", "__getitem__", "size", "dim", "detach", "t", "data_ptr",
-              "element_size", "is_floating_point", "requires_grad_", "record_stream",
-              "__len__", "_has_compatible_shallow_copy_type", "untyped_storage",
-              "storage_offset", "nelement", "is_contiguous", "stride", "flatten"}
 # call sites of the model's own compute (both loops do it)
 MODEL_SITES = ("deepspeed/runtime/zero/linear.py", "deepspeed/runtime/engine.py")
 LIBRARY_PATHS = ("deepspeed/", "torch/nn/utils/")
@@ -73,43 +68,53 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def traffic_mode():
-    """A torch function mode that sums the bytes each library call site moves."""
-    from torch.overrides import TorchFunctionMode
+def traffic_mode(library_paths: tuple[str, ...] = LIBRARY_PATHS):
+    """A torch dispatch mode that sums the bytes each call site in `library_paths` moves.
+    It sees every aten op, also those run in backward hooks (where ZeRO-3 buckets and
+    reduces gradients), which a function mode does not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Traffic(TorchFunctionMode):
+    class Traffic(TorchDispatchMode):
         def __init__(self):
             super().__init__()
             self.by_site: collections.Counter = collections.Counter()
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = getattr(func, "__name__", str(func))
-            if name in NO_TRAFFIC:
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if func.is_view:  # no data moved
                 return out
             frames = [f for f in traceback.extract_stack()[:-1]
-                      if any(p in f.filename for p in LIBRARY_PATHS)]
+                      if any(p in f.filename for p in library_paths)]
             if not frames:
                 return out
             frame = frames[-1]
             site = frame.filename.split("site-packages/")[-1]
             if site.startswith(MODEL_SITES):
                 return out
-            inputs = list(_tensors(list(args) + list((kwargs or {}).values())))
-            if name == "copy_" or out is None:  # writes the first argument, reads the rest
-                moved = _nbytes(inputs)
-            elif name.endswith("_"):  # in place: reads all, writes the first argument
-                moved = _nbytes(inputs) + _nbytes(_tensors(args[0]))
-            else:  # reads the inputs, writes new outputs; nothing when it returns an input
-                ptrs = {t.data_ptr() for t in inputs}
-                new = [t for t in _tensors(out) if t.data_ptr() not in ptrs]
-                moved = _nbytes(inputs) + _nbytes(new) if new else 0
+            schema = func._schema
+            values = [*args, *(kwargs.get(a.name) for a in schema.arguments[len(args):])]
+            name = func.overloadpacket.__name__
+            read, updated, overwritten = [], [], []  # updated: read and written in place
+            for arg, value in zip(schema.arguments, values, strict=False):
+                if not (arg.alias_info and arg.alias_info.is_write):
+                    # a collective (not annotated) writes its output tensor, returned below
+                    if not (func.namespace == "c10d" and arg.name.startswith("output")):
+                        read.extend(_tensors(value))
+                elif arg.name == "out" or name == "copy_":
+                    overwritten.extend(_tensors(value))
+                else:
+                    updated.extend(_tensors(value))
+            moved = _nbytes(read) + 2 * _nbytes(updated) + _nbytes(overwritten)
+            if not (updated or overwritten):  # writes what it returns
+                moved += _nbytes(_tensors(out))
             self.by_site[f"{name} ({site}:{frame.lineno} {frame.name})"] += moved
             return out
 
     return Traffic()
 
 
+@functools.cache
 def granite_micro_parameters() -> int:
     import torch
     from transformers import AutoModelForCausalLM
@@ -156,16 +161,39 @@ def bare_loop(model):
     return step
 
 
-def our_engine(model, zero: dict | None = None, **training):
+def zero_settings_at_scale(model) -> dict:
+    """DeepSpeed's ZeRO-3 sizes (in elements) scaled from Granite-4.0-Micro to `model` (not
+    yet partitioned), so that a small model is fetched, released, bucketed and stepped as
+    the real one is: prefetches of under one layer, parameters kept gathered while reused within about a
+    third of the model, gradients reduced in several buckets, the optimizer stepped in
+    several sub-groups. Only the 1-D norm weights stay resident (persistent), as in the
+    real model, where every weight matrix is above the persistence threshold; left at
+    DeepSpeed's sizes, a model of tiny width would keep every weight resident and run
+    none of the fetch and release work."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    defaults = DeepSpeedZeroConfig(stage=3)
+    scale = sum(p.numel() for p in model.parameters()) / granite_micro_parameters()
+    settings = {name: max(1, int(getattr(defaults, field) * scale)) for name, field in (
+        ("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
+        ("stage3_max_live_parameters", "max_live_parameters"),
+        ("stage3_max_reuse_distance", "max_reuse_distance"),
+        ("reduce_bucket_size", "reduce_bucket_size"),
+        ("sub_group_size", "sub_group_size"))}
+    return {**settings, "stage3_param_persistence_threshold": model.config.hidden_size + 1}
+
+
+def our_engine(model, zero: dict | None = None, at_scale: bool = True, **training):
     """Our ZeRO-3 engine at world size 1 around `model` (gpu_train.zero3_engine, with the
-    GPU's overlap_comm) and its step."""
+    GPU's overlap_comm; `at_scale`: DeepSpeed's sizes scaled to the model) and its step."""
     from gpu_train import zero3_engine
 
     from kakugo.config import TrainingConfig
 
     t = TrainingConfig(num_workers=1, use_gpu=False, precision="bf16", zero_stage=3,
                        **training).model_dump()
-    engine = zero3_engine(model, t, {"overlap_comm": True, **(zero or {})})
+    scaled = zero_settings_at_scale(model) if at_scale else {}
+    engine = zero3_engine(model, t, {"overlap_comm": True, **scaled, **(zero or {})})
 
     def step(batch):
         engine.backward(engine(input_ids=batch, labels=batch).loss)
@@ -200,7 +228,9 @@ def traffic(bandwidth: float) -> dict:
     results = {"bare_bf16": {"other_bytes_per_param": round(other, 1),
                              "adamw_bytes_per_param": fused_adamw_bytes(2), "sites": sites}}
     for master in ("fp32", "bf16"):
-        engine, step = our_engine(build(config), master_weights=master,
+        # DeepSpeed's own sizes: as in the real model, all gradients take the contiguous
+        # bucket path (scaled, the embedding, larger here relative to the model, would not)
+        engine, step = our_engine(build(config), at_scale=False, master_weights=master,
                                   gradient_checkpointing=False)
         engine.optimizer.optimizer.step = lambda closure=None: None  # the fused pass
         other, sites = measure(lambda step=step: step(batch), params)
