@@ -2,7 +2,7 @@
 # The GPU checks in one go, for a machine with one CUDA GPU (about 100 GiB free for the
 # ZeRO-3 runs: an H200), torch and transformers (DeepSpeed installed; Ray and vLLM not
 # needed):
-#   - the `gpu`-marked tests;
+#   - the `gpu`-marked tests, and our DeepSpeed engine's tests with the engine on the GPU;
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
 #     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
@@ -31,6 +31,9 @@ started=$(mktemp)
 status=0
 step() { echo "== $* ($(date +%T))"; "$@" || status=1; }
 step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
+# our DeepSpeed engine's tests (master weights, linear choice, fp32 gradient norm against
+# DeepSpeed's own), here with the engine on the GPU
+step python3 -m pytest -q tests/unit/test_train_deepspeed.py -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
 bench --bare-master-weights

@@ -42,7 +42,7 @@ def _engine(training):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     engine, *_ = initialize_engine(model, optimizer, deepspeed_config(
         training.model_dump(mode="json"), use_gpu=False))
-    return engine, torch.randint(0, 1000, (1, 64))
+    return engine, torch.randint(0, 1000, (1, 64), device=engine.device)
 
 
 def _train(training, steps: int = 12):
