@@ -68,6 +68,11 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _same_data(a, b) -> bool:
+    return (a.data_ptr(), a.shape, a.stride(), a.dtype) == (b.data_ptr(), b.shape, b.stride(),
+                                                            b.dtype)
+
+
 def traffic_mode(library_paths: tuple[str, ...] = LIBRARY_PATHS):
     """A torch dispatch mode that sums the bytes each call site in `library_paths` moves.
     It sees every aten op, also those run in backward hooks (where ZeRO-3 buckets and
@@ -95,6 +100,8 @@ def traffic_mode(library_paths: tuple[str, ...] = LIBRARY_PATHS):
             schema = func._schema
             values = [*args, *(kwargs.get(a.name) for a in schema.arguments[len(args):])]
             name = func.overloadpacket.__name__
+            if name == "copy_" and _same_data(*args[:2]):  # torch returns at once
+                return out
             read, updated, overwritten = [], [], []  # updated: read and written in place
             for arg, value in zip(schema.arguments, values, strict=False):
                 if not (arg.alias_info and arg.alias_info.is_write):

@@ -61,14 +61,33 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
 
 def initialize_engine(model, optimizer, ds_config: dict[str, Any], lr_scheduler=None):
     """`deepspeed.initialize` (engine, optimizer, scheduler); a ZeRO-3 optimizer takes its
-    gradient norm in fp32 (`fp32_grad_norm`)."""
+    gradient norm in fp32 (`fp32_grad_norm`) and, in pure bf16, updates the weight
+    partitions in place (`share_bf16_master_weights`)."""
     import deepspeed
 
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config)
     if ds_config["zero_optimization"]["stage"] == 3:
         fp32_grad_norm(optimizer)
+        if ds_config["bf16"].get("bf16_master_weights_and_grads"):
+            share_bf16_master_weights(optimizer)
     return engine, optimizer, lr_scheduler
+
+
+def share_bf16_master_weights(zero3_optimizer) -> None:
+    """Pure bf16 (`training.master_weights` bf16): DeepSpeed means the optimizer to update
+    each sub-group's bf16 weight partition itself, but the check for it compares a
+    torch.device with a device name, never equal (DeepSpeed 0.19), so it keeps a second
+    bf16 copy (2 bytes a parameter) and copies it back after every step. Here each master
+    copy is made to share its partition's memory, as intended; torch then skips the copy
+    back (same data)."""
+    flats = zip(zero3_optimizer.fp32_partitioned_groups_flat,
+                zero3_optimizer.fp16_partitioned_groups_flat, strict=True)
+    for master, weights in flats:
+        if weights is not None and master.data_ptr() != weights.data_ptr() and \
+                (master.dtype, master.device, master.shape) == \
+                (weights.dtype, weights.device, weights.shape):
+            master.data = weights.data
 
 
 def fp32_grad_norm(zero3_optimizer) -> None:

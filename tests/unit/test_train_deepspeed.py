@@ -121,3 +121,40 @@ def test_zero3_gradient_norm_matches_deepspeeds_without_fp64_copies(process_grou
     grads[0].view(-1)[0] = float("nan")
     assert float(zero.get_grad_norm_direct(grads, params)) == -1.0
     assert float(type(zero).get_grad_norm_direct(zero, grads, params)) == -1.0
+
+
+def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeypatch, tmp_path):
+    """In pure bf16 the optimizer's master copy is the weight partition itself (DeepSpeed
+    keeps a second copy and copies it back): the same weights after the same steps, and
+    still so after a checkpoint round trip."""
+    from kakugo.train import loop
+
+    training = load_config(None, ["training.precision=bf16", "training.zero_stage=3",
+                                  "training.master_weights=bf16"]).training
+
+    def run():
+        engine, batch = _engine(training)
+        for _ in range(4):
+            engine.backward(engine(input_ids=batch, labels=batch).loss)
+            engine.step()
+        return engine, batch, [p.ds_tensor.clone() for p in engine.module.parameters()]
+
+    def shared(zero):
+        return [m.data_ptr() == w.data_ptr() for m, w in
+                zip(zero.fp32_partitioned_groups_flat, zero.fp16_partitioned_groups_flat)]
+
+    engine, batch, weights = run()
+    assert all(shared(engine.optimizer))
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "share_bf16_master_weights", lambda zero3_optimizer: None)
+        stock, _, stock_weights = run()
+    assert not any(shared(stock.optimizer))
+    assert all(torch.equal(a, b) for a, b in zip(weights, stock_weights, strict=True))
+
+    engine.save_checkpoint(str(tmp_path), tag="step")
+    engine.backward(engine(input_ids=batch, labels=batch).loss)
+    engine.step()
+    engine.load_checkpoint(str(tmp_path), tag="step")
+    assert all(shared(engine.optimizer))
+    assert all(torch.equal(p.ds_tensor, w) for p, w in
+               zip(engine.module.parameters(), weights, strict=True))

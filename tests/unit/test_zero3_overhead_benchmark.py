@@ -52,6 +52,18 @@ def test_copies_in_backward_hooks_count():
     assert site.startswith("copy_ (") and moved == 1000 * 4 * 2
 
 
+def test_a_copy_onto_the_same_data_moves_nothing():
+    """As in torch, which returns at once (a master copy that shares its weights' memory)."""
+    weights, other = torch.ones(1000), torch.zeros(1000)
+    master = torch.empty(0)
+    master.data = weights.data
+    mode = zero3_overhead.traffic_mode(library_paths=(Path(__file__).name,))
+    with mode:
+        weights.data.copy_(master.data)
+        weights.data.copy_(other)
+    assert sum(mode.by_site.values()) == 1000 * 4 * 2
+
+
 def test_zero_sizes_scaled_to_a_small_model_keep_the_real_models_layout():
     """The host-time model (40 layers of tiny width) under the scaled ZeRO-3 sizes: the
     same parameters stay resident as in Granite-4.0-Micro under DeepSpeed's own sizes (the
