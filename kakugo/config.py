@@ -260,8 +260,9 @@ class TrainingConfig(Strict):
     master_weights: Literal["fp32", "bf16"] = Field(
         "fp32", description="precision of the optimizer's weights, gradients and AdamW "
         "states when precision is bf16: fp32 (mixed precision: small updates are kept) or "
-        "bf16 (pure bf16, as a plain bf16 loop: 8 bytes less per parameter and less "
-        "optimizer work, but updates below bf16's resolution are lost); ZeRO stage 1-3")
+        "bf16 (pure bf16, as a plain bf16 loop: 8 bytes less per parameter, 10 at ZeRO "
+        "stage 3, where the weights are their own master copy, and less optimizer work, "
+        "but updates below bf16's resolution are lost); ZeRO stage 1-3")
     learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="decay after warmup")
