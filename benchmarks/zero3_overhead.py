@@ -23,9 +23,10 @@ Host time per step. On a GPU the host must queue a step's kernels faster than th
 them; the Python that ZeRO-3's hooks add is GPU idle time wherever the host is behind
 (after a synchronisation, in the optimizer step). Timed here on a model with
 Granite-4.0-Micro's 40 layers and a tiny width, where the step is almost all host work,
-and DeepSpeed's sizes scaled to it (zero_settings_at_scale): milliseconds per step of each loop (median of interleaved rounds), with and without
-activation checkpointing, our step with each linear layer (DeepSpeed's memory-efficient
-one, torch's own: our config picks torch's under checkpointing).
+and DeepSpeed's sizes scaled to it (zero_settings_at_scale): milliseconds per step of each
+loop (median of interleaved rounds), with and without activation checkpointing, our step
+with each linear layer (DeepSpeed's memory-efficient one, torch's own: our config picks
+torch's under checkpointing).
 
     python benchmarks/zero3_overhead.py
 """
@@ -171,12 +172,12 @@ def bare_loop(model):
 def zero_settings_at_scale(model) -> dict:
     """DeepSpeed's ZeRO-3 sizes (in elements) scaled from Granite-4.0-Micro to `model` (not
     yet partitioned), so that a small model is fetched, released, bucketed and stepped as
-    the real one is: prefetches of under one layer, parameters kept gathered while reused within about a
-    third of the model, gradients reduced in several buckets, the optimizer stepped in
-    several sub-groups. Only the 1-D norm weights stay resident (persistent), as in the
-    real model, where every weight matrix is above the persistence threshold; left at
-    DeepSpeed's sizes, a model of tiny width would keep every weight resident and run
-    none of the fetch and release work."""
+    the real one is: prefetches of under one layer, parameters kept gathered while reused
+    within about a third of the model, gradients reduced in several buckets, the optimizer
+    stepped in several sub-groups. Only the 1-D norm weights stay resident (persistent),
+    as in the real model, where every weight matrix is above the persistence threshold;
+    left at DeepSpeed's sizes, a model of tiny width would keep every weight resident and
+    run none of the fetch and release work."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     defaults = DeepSpeedZeroConfig(stage=3)

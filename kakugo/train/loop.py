@@ -41,7 +41,7 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
             "overlap_comm": use_gpu,
             "contiguous_gradients": True,
             # one worker has nothing to scatter: its reduce path without the scatter's
-            # interleaving copy (6 bytes a parameter fewer each step)
+            # interleaving and output copies (8 bytes a parameter fewer each step)
             "reduce_scatter": t["num_workers"] > 1,
             # DeepSpeed's linear keeps a layer's gathered weights from being held for the
             # backward pass, at the host cost of an autograd Function binding its signature
