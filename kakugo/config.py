@@ -291,7 +291,7 @@ class TrainingConfig(Strict):
     validation_fraction: float = Field(0.02, ge=0, lt=1, description="share of samples "
                                        "held out for the validation loss")
     report_every_steps: int = Field(10, ge=1, description="metrics (loss, val loss, lr, "
-                                    "tokens/s) every this many steps")
+                                    "gradient norm, tokens/s) every this many steps")
     checkpoint_every_steps: int = Field(500, ge=1, description="checkpoint to the run's "
                                         "storage every this many steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the latest ones)")

@@ -5,12 +5,12 @@ has already made it; DeepSpeed joins it), then `HfDeepSpeedConfig` so that
 `from_pretrained` partitions the weights across ranks as they load (ZeRO-3), then
 `deepspeed.initialize` with torch AdamW and a warmup + cosine/linear/constant schedule.
 
-Every `report_every_steps` optimizer steps the loop reports loss, lr, tokens/s and
-(at checkpoints and at the end) validation loss through `ray.train.report`. Every
-`checkpoint_every_steps` it saves a DeepSpeed checkpoint (every rank writes its shard)
-and reports it; a restarted worker group resumes from `ray.train.get_checkpoint()`.
-At the end the consolidated weights are gathered (a collective) and rank 0 exports the
-HF model directory.
+Every `report_every_steps` optimizer steps the loop reports loss, lr, the last step's
+gradient norm (before clipping), tokens/s and (at checkpoints and at the end) validation
+loss through `ray.train.report`. Every `checkpoint_every_steps` it saves a DeepSpeed
+checkpoint (every rank writes its shard) and reports it; a restarted worker group resumes
+from `ray.train.get_checkpoint()`. At the end the consolidated weights are gathered (a
+collective) and rank 0 exports the HF model directory.
 """
 
 from __future__ import annotations
@@ -315,9 +315,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             metrics: dict[str, Any] = {"step": step, "epoch": epoch}
             if step % t["report_every_steps"] == 0 or step == total_steps:
                 seconds = time.monotonic() - window_start
+                grad_norm = engine.get_global_grad_norm()  # a float or a 1-element tensor
                 metrics.update(
                     loss=_mean_across_ranks(window_loss, window_targets, device),
                     lr=scheduler.get_last_lr()[0],
+                    grad_norm=None if grad_norm is None else float(grad_norm),
                     tokens_per_second=(_mean_across_ranks(window_tokens, 1, device) or 0)
                     * world / max(seconds, 1e-9),
                     params_per_rank=params_per_rank, nodes_per_rank=nodes_per_rank)
