@@ -7,9 +7,9 @@ of `--cutoff` tokens:
   (a) a bare loop: transformers model + fused torch AdamW, bf16, no DeepSpeed;
   (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
       (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config and
-      initialize_engine, with its fp32 gradient norm), fp32 master
-      weights by default; `--master-weights bf16` times it in pure bf16, the bare loop's
-      numerics, and `--bare-master-weights` gives the bare loop fp32 master weights instead.
+      initialize_engine, with its fp32 gradient norm), fp32 master weights by default;
+      `--master-weights bf16` times it in pure bf16, the bare loop's numerics, and
+      `--bare-master-weights` gives the bare loop fp32 master weights instead.
 For each: tokens/s, model FLOPs utilisation against a measured bf16 matmul peak, peak
 memory; and the ratio (b)/(a). `--zero NAME=JSON` times (b) with the JSON merged into
 DeepSpeed's `zero_optimization` section (one setting per process: DeepSpeed does not give

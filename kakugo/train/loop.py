@@ -69,8 +69,7 @@ def initialize_engine(model, optimizer, ds_config: dict[str, Any], lr_scheduler=
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config)
     if ds_config["zero_optimization"]["stage"] == 3:
         fp32_grad_norm(optimizer)
-        if ds_config["bf16"].get("bf16_master_weights_and_grads"):
-            share_bf16_master_weights(optimizer)
+        share_bf16_master_weights(optimizer)
     return engine, optimizer, lr_scheduler
 
 
@@ -79,8 +78,8 @@ def share_bf16_master_weights(zero3_optimizer) -> None:
     each sub-group's bf16 weight partition itself, but the check for it compares a
     torch.device with a device name, never equal (DeepSpeed 0.19), so it keeps a second
     bf16 copy (2 bytes a parameter) and copies it back after every step. Here each master
-    copy is made to share its partition's memory, as intended; torch then skips the copy
-    back (same data)."""
+    copy of the weights' own dtype is made to share its partition's memory, as intended;
+    torch then skips the copy back (same data). fp32 master copies are left alone."""
     flats = zip(zero3_optimizer.fp32_partitioned_groups_flat,
                 zero3_optimizer.fp16_partitioned_groups_flat, strict=True)
     for master, weights in flats:

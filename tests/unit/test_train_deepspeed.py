@@ -46,7 +46,7 @@ def _engine(training):
 
 
 def _train(training, steps: int = 12):
-    """The ZeRO optimizer and the losses of `steps` optimizer steps on one repeated batch."""
+    """The engine, its batch and the losses of `steps` optimizer steps on that batch."""
     engine, batch = _engine(training)
     losses = []
     for _ in range(steps):
@@ -54,14 +54,15 @@ def _train(training, steps: int = 12):
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
-    return engine.optimizer, losses
+    return engine, batch, losses
 
 
 @pytest.mark.parametrize("master", ["fp32", "bf16"])
 def test_master_weights_set_the_precision_of_the_optimizer_copy(process_group, master):
     training = load_config(None, ["training.precision=bf16", "training.zero_stage=3",
                                   f"training.master_weights={master}"]).training
-    zero, losses = _train(training)
+    engine, _, losses = _train(training)
+    zero = engine.optimizer
     expected = torch.float32 if master == "fp32" else torch.bfloat16
     assert {t.dtype for t in zero.fp32_partitioned_groups_flat} == {expected}
     states = [s for s in zero.optimizer.state.values() if s]
@@ -133,10 +134,7 @@ def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeyp
                                   "training.master_weights=bf16"]).training
 
     def run():
-        engine, batch = _engine(training)
-        for _ in range(4):
-            engine.backward(engine(input_ids=batch, labels=batch).loss)
-            engine.step()
+        engine, batch, _ = _train(training, steps=4)
         return engine, batch, [p.ds_tensor.clone() for p in engine.module.parameters()]
 
     def shared(zero):
