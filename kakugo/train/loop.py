@@ -56,6 +56,9 @@ def deepspeed_config(t: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer waits for the device at every forward and every
+        # step (it would log at steps_per_print); our loop measures tokens/s itself
+        "timers": {"throughput": {"enabled": False}},
     }
 
 

@@ -27,8 +27,9 @@ def process_group(tmp_path_factory):
         dist.destroy_process_group()
 
 
-def _engine(training):
-    """Our engine around a 2-layer Granite student, and a batch for it."""
+def _engine(training, **config_changes):
+    """Our engine around a 2-layer Granite student, and a batch for it; `config_changes`
+    replace top-level sections of the DeepSpeed config (None drops one)."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -40,8 +41,13 @@ def _engine(training):
     dtype = torch.bfloat16 if training.precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine, *_ = initialize_engine(model, optimizer, deepspeed_config(
-        training.model_dump(mode="json"), use_gpu=False))
+    ds_config = deepspeed_config(training.model_dump(mode="json"), use_gpu=False)
+    for section, value in config_changes.items():
+        if value is None:
+            del ds_config[section]
+        else:
+            ds_config[section] = value
+    engine, *_ = initialize_engine(model, optimizer, ds_config)
     return engine, torch.randint(0, 1000, (1, 64), device=engine.device)
 
 
@@ -122,6 +128,31 @@ def test_zero3_gradient_norm_matches_deepspeeds_without_fp64_copies(process_grou
     grads[0].view(-1)[0] = float("nan")
     assert float(zero.get_grad_norm_direct(grads, params)) == -1.0
     assert float(type(zero).get_grad_norm_direct(zero, grads, params)) == -1.0
+
+
+@pytest.mark.parametrize("timers", ["ours", "deepspeed's default"])
+def test_training_steps_do_not_wait_for_the_device(process_group, monkeypatch, timers):
+    """No device-wide synchronize in our engine's forward, backward and step: DeepSpeed's
+    default throughput timer makes two a micro-batch, each leaving the GPU idle while the
+    host catches up."""
+    from deepspeed.accelerator import get_accelerator
+
+    training = load_config(None, ["training.zero_stage=3"]).training
+    changes = {} if timers == "ours" else {"timers": None}
+    engine, batch = _engine(training, **changes)
+    calls = []
+    accelerator = get_accelerator()
+    stock = accelerator.synchronize
+
+    def counted(*args):
+        calls.append(args)
+        return stock(*args)
+
+    monkeypatch.setattr(accelerator, "synchronize", counted)
+    for _ in range(3):
+        engine.backward(engine(input_ids=batch, labels=batch).loss)
+        engine.step()
+    assert (len(calls) == 0) == (timers == "ours"), calls
 
 
 def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeypatch, tmp_path):
