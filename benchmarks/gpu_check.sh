@@ -5,8 +5,9 @@
 #   - the `gpu`-marked tests, and our DeepSpeed engine's tests with the engine on the GPU;
 #   - benchmarks/gpu_train.py with the torch_varlen kernel (packed samples kept apart at
 #     flash speed): our ZeRO-3 step against the pure-bf16 bare loop (two steps of each
-#     profiled), against a bare loop with fp32 master weights under bf16 autocast (the
-#     numerics of our default, training.master_weights fp32), our step in pure bf16
+#     profiled, and one more under Python stacks that names the code the GPU idles for),
+#     against a bare loop with fp32 master weights under bf16 autocast (the numerics of
+#     our default, training.master_weights fp32), our step in pure bf16
 #     (training.master_weights bf16: the bare loop's numerics) against the pure-bf16 bare
 #     loop (profiled too: benchmarks/zero3_overhead.py predicts the GPU time it adds), and
 #     with activation checkpointing; experiments on our step: the other linear (our step

@@ -122,11 +122,61 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total / 1e6
 
 
+# Python frames a launch site names: ours, DeepSpeed's and transformers' (not DeepSpeed's
+# NVTX wrapper, which wraps most of its functions)
+SITE_FRAMES = ("kakugo/", "deepspeed/", "transformers/", "gpu_train.py")
+WRAPPER_FRAMES = ("deepspeed/utils/nvtx.py",)
+
+
+def launch_site(op, frames: int = 2) -> str:
+    """A host op and the innermost `frames` Python frames of SITE_FRAMES code above it (in
+    a profile taken with_stack, the Python calls are the op's parents)."""
+    names = [op.name]
+    parent = op.cpu_parent
+    while parent is not None and len(names) <= frames:
+        if "): " in parent.name and any(part in parent.name for part in SITE_FRAMES) and \
+                not any(part in parent.name for part in WRAPPER_FRAMES):
+            names.append(parent.name)
+        parent = parent.cpu_parent
+    return " < ".join(names)
+
+
+def idle_sites(events, min_gap_us: float = 20.0, top: int = 12) -> dict:
+    """Where the GPU idles: each gap of at least `min_gap_us` between device activities (any
+    stream) is charged to the launch site of the activity that ends it, the host code the
+    GPU waited for. The idle total and the sites with the most idle time."""
+    from torch.autograd import DeviceType
+
+    device = sorted((e for e in events if e.device_type == DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    launchers = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.id > 0
+                 and not getattr(e, "linked_correlation_id", 0)}
+    sites: dict[str, list] = {}
+    reach = None
+    for activity in device:
+        start = activity.time_range.start
+        if reach is not None and start - reach >= min_gap_us:
+            op = launchers.get(getattr(activity, "linked_correlation_id", 0))
+            site = launch_site(op) if op else f"{activity.name} (launch not found)"
+            entry = sites.setdefault(site, [0, 0.0])
+            entry[0] += 1
+            entry[1] += start - reach
+        end = activity.time_range.end
+        reach = end if reach is None else max(reach, end)
+    ranked = sorted(sites.items(), key=lambda item: -item[1][1])
+    return {"idle_seconds": round(sum(us for _, us in sites.values()) / 1e6, 6),
+            "gaps": sum(n for n, _ in sites.values()),
+            "sites": [{"site": site, "gaps": n, "seconds": round(us / 1e6, 6)}
+                      for site, (n, us) in ranked[:top]]}
+
+
 def profile(step, rows, device, name: str) -> dict:
     """Two steps under torch.profiler. Writes the busiest operators to
     results/NAME-profile.txt (and, on a GPU, the timeline to NAME-trace.json.gz) and returns
     how much of the wall time the GPU was busy (any kernel running), the summed kernel time,
-    and the host's waits for the GPU (synchronize calls: how many, how long)."""
+    and the host's waits for the GPU (synchronize calls: how many, how long). A third step,
+    profiled with Python stacks (slower on the host, so its gaps are upper bounds), gives
+    the code the GPU idled for (`step_with_stacks`)."""
     import torch
     from torch.profiler import ProfilerActivity
 
@@ -155,12 +205,19 @@ def profile(step, rows, device, name: str) -> dict:
             entry = waits.setdefault(e.name, {"calls": 0, "seconds": 0.0})
             entry["calls"] += 1
             entry["seconds"] += e.time_range.elapsed_us() / 1e6
+    started = time.perf_counter()
+    with torch.profiler.profile(activities=activities, with_stack=True) as prof:
+        step(rows[2])
+        sync(device)
+    stacked = {"wall_seconds": round(time.perf_counter() - started, 3),
+               **idle_sites(prof.events())}
     return {"profiled_steps": 2, "wall_seconds": round(wall, 3),
             "device_busy_seconds": round(busy, 3),
             "device_busy_share": round(busy / wall, 3),
             "kernel_seconds": round(sum(b - a for a, b in kernels) / 1e6, 3),
             "host_waits": {k: {"calls": v["calls"], "seconds": round(v["seconds"], 4)}
-                           for k, v in waits.items()}}
+                           for k, v in waits.items()},
+            "step_with_stacks": stacked}
 
 
 def zero3_engine(model, training: dict, zero: dict | None = None, layer_fetch: bool = True,
