@@ -44,6 +44,9 @@ OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "filters.basic=annotate", "filters.min_rows_per_language=2",
              "training.placement_strategy=STRICT_SPREAD", "training.max_steps=2",
              "training.checkpoint_every_steps=2",
+             # two steps however little the random teacher writes (its list replies vary:
+             # 2 to 10 packed training rows seen, and one step takes 2)
+             "training.epochs=2",
              # short list items: a random model's list replies then always finish, so
              # every context text yields a prompt (and a decontamination reject); short
              # free-text replies (a random model's never finish anyway): decoding steps are
