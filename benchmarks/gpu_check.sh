@@ -17,7 +17,8 @@
 #     DeepCompile (its op needs the CUDA headers: the check prints CUDA_HOME).
 # The profiled run also leaves each loop's timeline (*-trace.json.gz) next to its summary.
 # Results land in benchmarks/results/; given RESULTS_DIR, the new ones are also packed into
-# RESULTS_DIR/gpu_check-results.tar.gz.
+# RESULTS_DIR/gpu_check-results.tar.gz after every step (a run cut short keeps what it
+# measured). The runs go most telling first, the experiments last.
 #
 #     bash benchmarks/gpu_check.sh [RESULTS_DIR]
 set -u
@@ -30,22 +31,25 @@ torch.cuda.get_device_name(0))"
 python3 -c "from torch.utils.cpp_extension import CUDA_HOME; print('CUDA_HOME', CUDA_HOME)"
 started=$(mktemp)
 status=0
-step() { echo "== $* ($(date +%T))"; "$@" || status=1; }
+pack() {
+  [ -n "$results_dir" ] || return 0
+  mkdir -p "$results_dir" && find benchmarks/results -name 'gpu_train*' -newer "$started" \
+    -printf '%P\n' | tar czf "$results_dir/gpu_check-results.tar.gz" -C benchmarks/results -T -
+}
+results_dir=${1:-}
+step() { echo "== $* ($(date +%T))"; "$@" || status=1; pack; }
 step python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
-# our DeepSpeed engine's tests (master weights, linear choice, fp32 gradient norm against
-# DeepSpeed's own), here with the engine on the GPU
-step python3 -m pytest -q tests/unit/test_train_deepspeed.py -p no:cacheprovider
 bench() { step python3 benchmarks/gpu_train.py --attention torch_varlen "$@"; }
 bench --profile
-bench --bare-master-weights
 bench --master-weights bf16 --profile
-bench --zero torch_linear='{"memory_efficient_linear": false}'
-bench --deepcompile
+bench --bare-master-weights
 bench --checkpointing
+# our DeepSpeed engine's tests (master weights, linear choice, fp32 gradient norm against
+# DeepSpeed's own, no device-wide waits), here with the engine on the GPU
+step python3 -m pytest -q tests/unit/test_train_deepspeed.py -p no:cacheprovider
+# experiments
+bench --zero torch_linear='{"memory_efficient_linear": false}'
 bench --checkpointing --zero efficient_linear='{"memory_efficient_linear": true}'
+bench --deepcompile
 echo "== done ($(date +%T))"
-if [ -n "${1:-}" ]; then
-  mkdir -p "$1" && find benchmarks/results -name 'gpu_train*' -newer "$started" -printf '%P\n' \
-    | tar czf "$1/gpu_check-results.tar.gz" -C benchmarks/results -T -
-fi
 exit $status
