@@ -27,9 +27,9 @@ def process_group(tmp_path_factory):
         dist.destroy_process_group()
 
 
-def _engine(training, **config_changes):
-    """Our engine around a 2-layer Granite student, and a batch for it; `config_changes`
-    replace top-level sections of the DeepSpeed config (None drops one)."""
+def _engine(training, without: tuple[str, ...] = ()):
+    """Our engine around a 2-layer Granite student, and a batch for it; the DeepSpeed
+    config sections named in `without` are left out (DeepSpeed's defaults apply)."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -42,12 +42,8 @@ def _engine(training, **config_changes):
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ds_config = deepspeed_config(training.model_dump(mode="json"), use_gpu=False)
-    for section, value in config_changes.items():
-        if value is None:
-            del ds_config[section]
-        else:
-            ds_config[section] = value
-    engine, *_ = initialize_engine(model, optimizer, ds_config)
+    engine, *_ = initialize_engine(model, optimizer, {
+        section: value for section, value in ds_config.items() if section not in without})
     return engine, torch.randint(0, 1000, (1, 64), device=engine.device)
 
 
@@ -138,8 +134,7 @@ def test_training_steps_do_not_wait_for_the_device(process_group, monkeypatch, t
     from deepspeed.accelerator import get_accelerator
 
     training = load_config(None, ["training.zero_stage=3"]).training
-    changes = {} if timers == "ours" else {"timers": None}
-    engine, batch = _engine(training, **changes)
+    engine, batch = _engine(training, without=() if timers == "ours" else ("timers",))
     calls = []
     accelerator = get_accelerator()
     stock = accelerator.synchronize
