@@ -126,17 +126,21 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 # NVTX wrapper, which wraps most of its functions)
 SITE_FRAMES = ("kakugo/", "deepspeed/", "transformers/", "gpu_train.py")
 WRAPPER_FRAMES = ("deepspeed/utils/nvtx.py",)
+AUTOGRAD_NODE = "autograd::engine::evaluate_function: "  # a backward op's parent
 
 
 def launch_site(op, frames: int = 2) -> str:
-    """A host op and the innermost `frames` Python frames of SITE_FRAMES code above it (in
-    a profile taken with_stack, the Python calls are the op's parents)."""
+    """A host op and the innermost `frames` of its parents that say where it comes from:
+    the autograd node that ran it in a backward pass, and Python frames of SITE_FRAMES code
+    (in a profile taken with_stack, the Python calls are the op's parents)."""
     names = [op.name]
     parent = op.cpu_parent
     while parent is not None and len(names) <= frames:
-        if "): " in parent.name and any(part in parent.name for part in SITE_FRAMES) and \
-                not any(part in parent.name for part in WRAPPER_FRAMES):
-            names.append(parent.name)
+        name = parent.name
+        ours = "): " in name and any(part in name for part in SITE_FRAMES) and \
+            not any(part in name for part in WRAPPER_FRAMES)
+        if ours or name.startswith(AUTOGRAD_NODE):
+            names.append(name)
         parent = parent.cpu_parent
     return " < ".join(names)
 

@@ -54,3 +54,15 @@ def test_idle_gaps_are_charged_to_the_code_that_launched_the_next_kernel():
     assert "kakugo/train/data.py" in site[1] and site[1].endswith(": packed_attention")
     assert second["site"] == "kernel (launch not found)"
     assert gpu_train.idle_sites(host) == {"idle_seconds": 0.0, "gaps": 0, "sites": []}
+
+
+def test_a_backward_op_is_named_with_its_autograd_node():
+    import torch
+
+    weight = torch.randn(4, 4, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                with_stack=True) as prof:
+        (weight @ weight).sum().backward()
+    sites = {gpu_train.launch_site(e) for e in prof.events() if e.name == "aten::mm"}
+    assert any(site.startswith("aten::mm < autograd::engine::evaluate_function: MmBackward")
+               for site in sites), sites
