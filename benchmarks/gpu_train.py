@@ -111,15 +111,25 @@ def run(step, rows, device, warmup: int) -> dict:
 HOST_WAITS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
 
 
+def idle_gaps(intervals):
+    """(length, item) for each gap between (start, end, item) intervals in microseconds,
+    overlapping ones merged (kernels on several streams overlap), with the item whose
+    interval ends the gap."""
+    reach = None
+    for start, end, item in sorted(intervals, key=lambda interval: interval[0]):
+        if reach is not None and start > reach:
+            yield start - reach, item
+        reach = end if reach is None else max(reach, end)
+
+
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
     """Length of the union of (start, end) intervals in microseconds, in seconds: the time
-    at least one kernel ran (kernels on several streams overlap; their sum counts it twice)."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total / 1e6
+    at least one kernel ran (their span less the gaps; their sum counts overlaps twice)."""
+    if not intervals:
+        return 0.0
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    gaps = sum(gap for gap, _ in idle_gaps([(start, end, None) for start, end in intervals]))
+    return (span - gaps) / 1e6
 
 
 # Python frames a launch site names: ours, DeepSpeed's and transformers' (not DeepSpeed's
@@ -151,22 +161,19 @@ def idle_sites(events, min_gap_us: float = 20.0, top: int = 12) -> dict:
     GPU waited for. The idle total and the sites with the most idle time."""
     from torch.autograd import DeviceType
 
-    device = sorted((e for e in events if e.device_type == DeviceType.CUDA),
-                    key=lambda e: e.time_range.start)
+    device = [(e.time_range.start, e.time_range.end, e) for e in events
+              if e.device_type == DeviceType.CUDA]
     launchers = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.id > 0
                  and not getattr(e, "linked_correlation_id", 0)}
     sites: dict[str, list] = {}
-    reach = None
-    for activity in device:
-        start = activity.time_range.start
-        if reach is not None and start - reach >= min_gap_us:
-            op = launchers.get(getattr(activity, "linked_correlation_id", 0))
-            site = launch_site(op) if op else f"{activity.name} (launch not found)"
-            entry = sites.setdefault(site, [0, 0.0])
-            entry[0] += 1
-            entry[1] += start - reach
-        end = activity.time_range.end
-        reach = end if reach is None else max(reach, end)
+    for gap, activity in idle_gaps(device):
+        if gap < min_gap_us:
+            continue
+        op = launchers.get(getattr(activity, "linked_correlation_id", 0))
+        site = launch_site(op) if op else f"{activity.name} (launch not found)"
+        entry = sites.setdefault(site, [0, 0.0])
+        entry[0] += 1
+        entry[1] += gap
     ranked = sorted(sites.items(), key=lambda item: -item[1][1])
     return {"idle_seconds": round(sum(us for _, us in sites.values()) / 1e6, 6),
             "gaps": sum(n for n, _ in sites.values()),
