@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
+from kakugo import logs
 from kakugo.config import ConfigError, RunConfig, load_config
 from kakugo.generate.contexts import ContextSourceError
 from kakugo.generate.engine_pass import TeacherPassError
@@ -188,10 +188,23 @@ def _add_batch_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
 
 
 
+def _add_output_args(p: argparse.ArgumentParser, default) -> None:
+    """-v / -q, accepted before the subcommand and after it."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="kakugo's debug lines too")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="keep Ray, vLLM and the other libraries to their warnings (progress "
+                   "bars and INFO lines off), so that kakugo's own progress lines stand out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kakugo", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_output_args(parser, default=False)
+    # after the subcommand: unset unless given, so that they do not undo the ones before it
+    output = argparse.ArgumentParser(add_help=False)
+    _add_output_args(output, default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=lambda **kw:
+                                argparse.ArgumentParser(parents=[output], **kw))
 
     p = sub.add_parser("run", help="the whole pipeline for a batch of languages")
     _add_batch_args(p)
@@ -248,21 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(verbose: bool) -> None:
-    """Plain-text log lines; kakugo's own loggers get a handler of their own, since
-    importing Ray's LLM modules replaces the root logger's handlers with a JSON one."""
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    ours = logging.getLogger("kakugo")
-    ours.handlers, ours.propagate = [handler], False
-    ours.setLevel(level)
-
-
 def print_error(exc: Exception) -> None:
     """`error: ...` on a line of its own: progress bars leave the cursor mid-line (and a
     job's log interleaves stdout and stderr), so stdout is flushed and a newline comes
@@ -274,7 +272,8 @@ def print_error(exc: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    logs.set_quiet(args.quiet)
+    logs.configure(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,

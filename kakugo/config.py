@@ -71,6 +71,12 @@ class SamplingConfig(Strict):
     list_item_max_chars: int = Field(2000, ge=8, description="longest string in a list reply")
     repetition_penalty: float = Field(1.0, gt=0, description="vLLM repetition penalty "
                                       "(1 = none)")
+    reasoning_max_tokens: int = Field(
+        2048, ge=0, description="new tokens added for the reasoning trace to the budget of "
+        "list calls and translations when the teacher has a reasoning parser (gpt_oss, "
+        "deepseek_r1, qwen3; the schema then applies after the trace), so that a long "
+        "trace does not cut their answer short; a response's max_tokens covers its trace "
+        "and answer together, as in the paper")
 
 
 class TeacherConfig(Strict):
@@ -80,8 +86,14 @@ class TeacherConfig(Strict):
     )
     name: str = Field("teacher", pattern=MODEL_NAME_PATTERN,
                       description="model name in the served API")
-    reasoning: Literal["none", "think_tags", "gpt_oss"] = Field(
-        "none", description="how the reasoning trace is separated from the answer"
+    reasoning: Literal["none", "think_tags", "gpt_oss", "deepseek_r1", "qwen3"] = Field(
+        "none", description="how the reasoning trace is separated from the answer. With "
+        "a vLLM reasoning parser on the teacher's deployment, the trace is the reply's "
+        "`reasoning` field: gpt_oss (parser openai_gptoss; harmony's analysis channel), "
+        "deepseek_r1 (parser deepseek_r1; <think>...</think>, the opening tag optional: "
+        "a reply without </think> is all reasoning), qwen3 (parser qwen3). Without one: "
+        "none (the reply is all answer), think_tags (kakugo splits <think>...</think> from "
+        "the reply's text; for models whose tokenizer has no think tokens)"
     )
     reasoning_effort: Literal["low", "medium", "high"] | None = Field(
         None, description="passed to the chat template (gpt-oss reasoning effort)")

@@ -41,18 +41,21 @@ def evaluation_rows(storage: Storage) -> list[dict[str, Any]]:
     return rows
 
 
-def language_summary(lang: Language, storage: Storage,
+def language_summary(config: RunConfig, lang: Language, storage: Storage,
                      failure: dict[str, str] | None, entries: list[dict],
                      eval_rows: list[dict], manifests: dict[str, dict]) -> dict[str, Any]:
     from kakugo.generate.pipeline import GenerationStage
-    from kakugo.models import tuned_model_dir
+    from kakugo.models import tuned_model_dir, tuned_model_name
 
     code = lang.flores_code
     generated = {}
+    tokens = {"prompt": 0, "completion": 0, "reasoning": 0}
     for step in GenerationStage.steps:
         entry = manifests[f"generate/{step}"].get("languages", {}).get(code)
         if entry:
             generated[step] = entry["rows"]
+            for kind in tokens:
+                tokens[kind] += entry.get(f"{kind}_tokens", 0)
     dataset = manifests["assemble/dataset"]
     trained = manifests[f"train/{code}"]
     training = None
@@ -61,7 +64,8 @@ def language_summary(lang: Language, storage: Storage,
         training = {"steps": trained["total_steps"], "train_rows": trained["train_rows"],
                     "loss": metrics.get("loss"), "val_loss": metrics.get("val_loss"),
                     "wall_seconds": trained["wall_seconds"],
-                    "model": storage.uri(tuned_model_dir(code))}
+                    "model": storage.uri(tuned_model_dir(code)),
+                    "served_as": tuned_model_name(config, lang)}
     scores = [{k: r[k] for k in ("task", "metric", "base", "tuned", "delta", "note")}
               for r in eval_rows if r["language"] == code]
     complete = bool(training) and any(s["tuned"] is not None for s in scores)
@@ -70,6 +74,8 @@ def language_summary(lang: Language, storage: Storage,
             "failed_stage": failure["stage"] if failure else None,
             "error": failure["error"] if failure else None,
             "generated_rows": generated,
+            # completion tokens include the reasoning traces' (counted apart too)
+            "teacher_tokens": tokens,
             "dataset_rows": (dataset.get("languages", {}).get(code) or {}).get("rows"),
             "training": training, "evaluation": scores,
             "usd": usd_by_stage(entries, code)}
@@ -80,7 +86,7 @@ def build_report(config: RunConfig, languages: list[Language], storage: Storage,
     manifests = stage_manifests(storage, [lang.flores_code for lang in languages])
     entries = ledger(config, languages, storage, manifests)
     eval_rows = evaluation_rows(storage)
-    langs = [language_summary(lang, storage, failed.get(lang.flores_code), entries,
+    langs = [language_summary(config, lang, storage, failed.get(lang.flores_code), entries,
                               eval_rows, manifests) for lang in languages]
     totals = [entry["usd"]["total"] for entry in langs]
     mean = sum(totals) / len(totals) if totals else 0.0
@@ -110,13 +116,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Kakugo batch report: {report['run']}", "",
              (f"Output: `{report['output']}` (config {report['config_hash']}, "
               f"updated {report['updated']})."), "",
-             "| language | name | status | dataset rows | training loss | "
-             + " | ".join(f"$ {s}" for s in LEDGER_STAGES) + " | $ total |",
-             "|" + "---|" * (6 + len(LEDGER_STAGES))]
+             "| language | name | status | teacher tokens out (reasoning) | dataset rows | "
+             "training loss | " + " | ".join(f"$ {s}" for s in LEDGER_STAGES) + " | $ total |",
+             "|" + "---|" * (7 + len(LEDGER_STAGES))]
     for lang in report["languages"]:
         training = lang["training"] or {}
+        tokens = lang["teacher_tokens"]
         lines.append("| " + " | ".join(_cell(v) for v in (
-            lang["flores_code"], lang["name"], lang["status"], lang["dataset_rows"],
+            lang["flores_code"], lang["name"], lang["status"],
+            f"{tokens['completion']} ({tokens['reasoning']})", lang["dataset_rows"],
             training.get("loss"), *(lang["usd"][s] for s in LEDGER_STAGES),
             lang["usd"]["total"])) + " |")
     verdict = "under" if cost["within_paper_figure"] else "over"

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import asdict
 
+from kakugo import logs
 from kakugo.config import RunConfig
 from kakugo.languages import Language, eval_data_dir, resolve_many
 from kakugo.models import ModelSource
@@ -70,15 +71,19 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
 
 
 def connect_ray(config: RunConfig) -> None:
-    """Join the running cluster (inside `ray job submit`, or RAY_ADDRESS), else start one."""
+    """Join the running cluster (inside `ray job submit`, or RAY_ADDRESS), else start one.
+    Every process of the run gets the libraries' log settings (kakugo.logs.worker_env),
+    merged into a job's own runtime env."""
     import ray
 
     if ray.is_initialized():
         return
+    env = logs.worker_env()
     if os.environ.get("RAY_ADDRESS"):  # a job's runtime env already applies to its tasks
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"],
+                 runtime_env={"env_vars": env} if env else None)
     else:
-        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+        env["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "0")
         ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env})
 

@@ -10,10 +10,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from kakugo.config import EngineConfig
+from kakugo import logs
+from kakugo.config import EngineConfig, TeacherConfig
+
+# The vLLM reasoning parser each `teacher.reasoning` value configures on the teacher's
+# deployment. With one, vLLM's chat endpoint returns the trace in the message's
+# `reasoning` field and only the answer in `content`, and counts reasoning tokens in
+# `usage.completion_tokens_details`. (For gpt-oss vLLM parses harmony whatever is set;
+# the parser also marks where structured outputs begin.) `think_tags` and `none` need no
+# parser: the reply's text is split by kakugo, or is all answer.
+REASONING_PARSERS = {"gpt_oss": "openai_gptoss", "deepseek_r1": "deepseek_r1",
+                     "qwen3": "qwen3"}
 
 
-def engine_kwargs(engine: EngineConfig, *, seed: int | None = None) -> dict[str, Any]:
+def reasoning_parser(teacher: TeacherConfig) -> str | None:
+    """The vLLM reasoning parser of the teacher's deployment, or None."""
+    return REASONING_PARSERS.get(teacher.reasoning)
+
+
+def teacher_engine_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
+    """What the teacher's engines take beyond `EngineConfig`: its reasoning parser, and
+    compact JSON for schema-constrained replies (no whitespace between tokens of the JSON:
+    vLLM reads this from the engine's structured-outputs config, not from a request)."""
+    kwargs: dict[str, Any] = {"structured_outputs_config": {
+        "backend": "xgrammar", "disable_any_whitespace": True}}
+    if parser := reasoning_parser(teacher):
+        kwargs["reasoning_parser"] = parser
+    return kwargs
+
+
+def engine_kwargs(engine: EngineConfig, *, seed: int | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
@@ -30,6 +57,9 @@ def engine_kwargs(engine: EngineConfig, *, seed: int | None = None) -> dict[str,
         kwargs["distributed_executor_backend"] = "uni"
     if seed is not None:
         kwargs["seed"] = seed
+    kwargs.update(extra or {})
+    if logs.quiet():  # vLLM's weight-loading bar is drawn whatever tqdm's defaults say
+        kwargs["use_tqdm_on_load"] = False
     kwargs.update(engine.extra_engine_kwargs)
     return kwargs
 

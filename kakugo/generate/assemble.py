@@ -274,14 +274,17 @@ class AssembleStage(Stage):
         return stats
 
     def teacher_costs(self, code: str) -> dict[str, Any]:
-        """Teacher tokens and engine-seconds spent on this language, over every engine step."""
-        tokens = seconds = 0.0
+        """Teacher tokens (prompt + completion, and of the completion those of reasoning
+        traces) and engine-seconds spent on this language, over every engine step."""
+        tokens = reasoning = seconds = 0.0
         for step in ("seeds", "expand", "items", "revise", "respond"):
             manifest = self.storage.read_json(f"generate/{step}/_manifest.json", default={})
             entry = manifest.get("languages", {}).get(code, {})
             tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
+            reasoning += entry.get("reasoning_tokens", 0)
             seconds += entry.get("engine_seconds", 0.0)
-        return {"generation_tokens": int(tokens), "engine_seconds": round(seconds, 2),
+        return {"generation_tokens": int(tokens), "reasoning_tokens": int(reasoning),
+                "engine_seconds": round(seconds, 2),
                 "accelerator": teacher_devices(self.config)[0]}
 
 
@@ -334,6 +337,7 @@ def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> st
             "rejects": stats["rejects"],
             "language_id": stats["language_id"],
             "generation_tokens": stats["generation_tokens"],
+            "reasoning_tokens": stats.get("reasoning_tokens", 0),
             "engine_seconds": stats["engine_seconds"],
             "accelerator": stats["accelerator"],
             "token_limited": config.dataset.token_limited,

@@ -6,11 +6,13 @@ the model loads once per stage and not once per pass. Each pass is a Ray Data LL
 processor (`ServeDeploymentProcessorConfig`) that streams chat requests to it. Every row
 of the pass (any language, any category, any call type) goes through the same replicas.
 List calls (n > 0) are constrained to the count-exact JSON schema, so every finished
-reply parses. Output rows keep every request column and add: text, reasoning, items,
-finish_reason, prompt_tokens, completion_tokens, error.
+reply parses. Output rows keep every request column and add: text (the answer),
+reasoning (the trace), items, finish_reason, prompt_tokens, completion_tokens (trace and
+answer), reasoning_tokens, error.
 
-Resume: the pass writes parquet files under its folder as blocks finish; a rerun reads
-the ids already written and sends only the missing rows to the engines.
+Resume: the pass writes a parquet file under its folder as each batch of
+`teacher.engine.batch_size` requests is answered; a rerun reads the ids already written
+and sends only the missing rows to the engines.
 """
 
 from __future__ import annotations
@@ -21,51 +23,58 @@ import threading
 import time
 from typing import Any, Self
 
+from kakugo import logs
 from kakugo.config import ModelServingConfig, RunConfig, SamplingConfig
-from kakugo.generate.reasoning import split_reasoning
+from kakugo.generate.reasoning import split_think_tags
 from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
 from kakugo.storage import Storage
+from kakugo.teacher import reasoning_parser, teacher_engine_kwargs
 
 log = logging.getLogger("kakugo.generate")
 
 ROW_ID = "kakugo_row_id"
 FAILED = "failed"  # finish_reason of a request the teacher never answered
 OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens",
-                  "completion_tokens", "error")
+                  "completion_tokens", "reasoning_tokens", "error")
 
 
-def reply_token_limit(row: dict[str, Any], sampling: SamplingConfig) -> int:
-    """max_tokens of a request: its own, else the list or the free-text default."""
+def reply_token_limit(row: dict[str, Any], config: RunConfig) -> int:
+    """max_tokens of a request: its own, else the list or the free-text default. List
+    calls and translations (schema-constrained replies) get `reasoning_max_tokens` more
+    for the trace when the teacher has a reasoning parser: vLLM then applies the schema
+    only after the trace (without one the schema holds from the first token, so there is
+    no trace to budget)."""
+    sampling: SamplingConfig = config.teacher.sampling
+    constrained = row["n"] > 0 or bool(row["schema"])
     if row["max_tokens"]:
-        return int(row["max_tokens"])
-    return sampling.list_max_tokens if row["n"] > 0 else sampling.max_tokens
+        limit = int(row["max_tokens"])
+    else:
+        limit = sampling.list_max_tokens if row["n"] > 0 else sampling.max_tokens
+    if constrained and reasoning_parser(config.teacher):
+        limit += sampling.reasoning_max_tokens
+    return limit
 
 
 class Preprocess:
     """Request row -> a chat request for the teacher deployment (list calls get the schema)."""
 
     def __init__(self, config: RunConfig):
-        self.sampling = config.teacher.sampling
-        self.model = config.teacher.name
+        self.config = config
         self.template_kwargs = teacher_template_kwargs(config)
-        # gpt-oss marks its analysis/final channels with special tokens: keep them
-        self.keep_special_tokens = config.teacher.reasoning == "gpt_oss"
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        s = self.sampling
+        s = self.config.teacher.sampling
         schema = row["schema"] or (
             json.dumps(list_schema(int(row["n"]), s.list_item_max_chars)) if row["n"] > 0 else "")
         request = {
-            "model": self.model,
+            "model": self.config.teacher.name,
             "messages": [{"role": "system", "content": row["system"]},
                          {"role": "user", "content": row["user"]}],
-            "max_tokens": reply_token_limit(row, s),
+            "max_tokens": reply_token_limit(row, self.config),
             "temperature": s.temperature, "top_p": s.top_p,
             "repetition_penalty": s.repetition_penalty,
-            "skip_special_tokens": not self.keep_special_tokens,
-            "structured_outputs": {"json": schema, "disable_any_whitespace": True}
-            if schema else None,
+            "structured_outputs": {"json": schema} if schema else None,
             "chat_template_kwargs": self.template_kwargs,
         }
         # the response's own fields (id, model, ...) are merged over the row: keep ours
@@ -74,10 +83,42 @@ class Preprocess:
 
 
 class Postprocess:
-    """Chat response -> our columns; list replies parsed, reasoning split."""
+    """Chat response -> our columns: the answer, the reasoning trace (vLLM's `reasoning`
+    field when the teacher's deployment has a reasoning parser, else split from the text
+    for `think_tags`), list replies parsed, tokens counted."""
 
     def __init__(self, config: RunConfig):
         self.mode = config.teacher.reasoning
+        self.parsed = reasoning_parser(config.teacher) is not None
+        self.teacher_model = config.teacher.model
+        self._tokenizer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None}  # loaded again where it is needed
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from kakugo.models import ModelSource
+
+            path = ModelSource.parse(self.teacher_model).materialize()
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+
+    def split(self, message: dict[str, Any], usage: dict[str, Any]) -> tuple[str, str, int]:
+        """(reasoning, answer, reasoning tokens) of a reply."""
+        content = message.get("content") or ""
+        if self.parsed:
+            details = usage.get("completion_tokens_details") or {}
+            return ((message.get("reasoning") or "").strip(), content.strip(),
+                    int(details.get("reasoning_tokens") or 0))
+        if self.mode == "think_tags":
+            reasoning, answer = split_think_tags(content)
+            return reasoning, answer, self.count_tokens(reasoning)
+        return "", content.strip(), 0
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         # the engine's error response, e.g. a prompt too long (requests that got no answer
@@ -85,12 +126,10 @@ class Postprocess:
         refused = row.get("error")
         error = str(refused.get("message") or refused) if isinstance(refused, dict) else ""
         choice = (row.get("choices") or [{}])[0] or {}
-        text = (choice.get("message") or {}).get("content") or ""
         usage = row.get("usage") or {}
-        completion = int(usage.get("completion_tokens") or 0)
+        reasoning, answer, reasoning_tokens = self.split(choice.get("message") or {}, usage)
         finish = "error" if error else (
             "length" if choice.get("finish_reason") == "length" else "stop")
-        reasoning, answer = split_reasoning(text, self.mode)
         items: list[str] = []
         if row["n"] > 0 and finish == "stop":
             try:
@@ -102,7 +141,8 @@ class Postprocess:
         out["id"] = row.get(ROW_ID, row["id"])
         out.update(text=answer, reasoning=reasoning, items=items, finish_reason=finish,
                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                   completion_tokens=completion, error=error)
+                   completion_tokens=int(usage.get("completion_tokens") or 0),
+                   reasoning_tokens=reasoning_tokens, error=error)
         return out
 
 
@@ -166,12 +206,13 @@ class Teacher:
 
         t = self.config.teacher
         fixed = ModelServingConfig(min_replicas=t.engine.replicas, max_replicas=t.engine.replicas)
-        model = ServedModel(t.name, t.model, "teacher", t.engine, fixed)
+        model = ServedModel(t.name, t.model, "teacher", t.engine, fixed, teacher_engine_kwargs(t))
         started = time.monotonic()
         ensure_serve(self.config)
         settings = llm_config(model, seed=self.config.seed)
         # one access-log line per request would flood the job's log (100k+ requests)
-        settings["deployment_config"]["logging_config"] = {"enable_access_log": False}
+        settings["deployment_config"]["logging_config"] = logs.serve_logging_config(
+            access_log=False)
         app = build_llm_deployment(LLMConfig(**settings))
         serve.run(app, name=TEACHER_APP, route_prefix=None)
         self.deployment = next(iter(serve.status().applications[TEACHER_APP].deployments))
@@ -216,12 +257,13 @@ class Teacher:
 
 class PassProgress:
     """While a pass runs, logs every `every_s` seconds the rows done per language, the rate
-    and an ETA, counted from the parquet files the pass has written (their footers)."""
+    and an ETA, counted from the parquet files the pass has written (their footers; the
+    pass writes one block of `teacher.engine.batch_size` rows at a time)."""
 
     def __init__(self, storage: Storage, folder: str, totals: dict[str, int], every_s: float):
         self.storage, self.folder, self.totals, self.every_s = storage, folder, totals, every_s
         self.rows: dict[str, int] = {}  # file -> rows
-        self.baseline = self.counts()
+        self.baseline = self.written()
         self.started = time.monotonic()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="pass-progress", daemon=True)
@@ -234,7 +276,7 @@ class PassProgress:
         self.stopped.set()
         self.thread.join()
 
-    def counts(self) -> dict[str, int]:
+    def written(self) -> dict[str, int]:
         """Rows written so far per language (files read once each)."""
         import pyarrow.parquet as pq
 
@@ -253,8 +295,8 @@ class PassProgress:
         return out
 
     def line(self) -> str:
-        counts = self.counts()
-        done = {c: counts.get(c, 0) - self.baseline.get(c, 0) for c in self.totals}
+        written = self.written()
+        done = {c: written.get(c, 0) - self.baseline.get(c, 0) for c in self.totals}
         total, finished = sum(self.totals.values()), sum(done.values())
         rate = finished / max(time.monotonic() - self.started, 1e-9)
         eta = f"{(total - finished) / rate:.0f} s" if rate > 0 else "unknown"
@@ -280,7 +322,8 @@ def failed_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in REQUEST_COLUMNS}
     out["id"] = row.get(ROW_ID) or row["id"]
     out.update(text="", reasoning="", items=[], finish_reason=FAILED, prompt_tokens=0,
-               completion_tokens=0, error=f"teacher request failed: {row['__inference_error__']}")
+               completion_tokens=0, reasoning_tokens=0,
+               error=f"teacher request failed: {row['__inference_error__']}")
     return out
 
 
@@ -293,8 +336,9 @@ def output_row(row: dict[str, Any]) -> dict[str, Any]:
 def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...] = ()
                ) -> tuple[dict[str, dict[str, Any]], str]:
     """Per-language counts of a step's rows, from a few small columns of its parquet files
-    read once: rows, categories, and for engine passes tokens, errors, unfinished and
-    failed (never answered) requests. Languages in `codes` are there even without rows.
+    read once: rows, categories, and for engine passes tokens (prompt, completion, and
+    of the completion the reasoning trace's), errors, unfinished and failed (never
+    answered) requests. Languages in `codes` are there even without rows.
     Also the first failed request's error ("" if none)."""
     import pandas as pd
     import pyarrow.dataset as pads
@@ -304,8 +348,9 @@ def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...]
     if storage.list(folder, recursive=True):
         dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
                                partitioning="hive")
-        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens", "error",
-                              "finish_reason") if c in dataset.schema.names]
+        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens",
+                              "reasoning_tokens", "error", "finish_reason")
+                  if c in dataset.schema.names]
         table = dataset.to_table(columns=["language", *wanted]).to_pandas()
     stats: dict[str, dict[str, Any]] = {}
     for code in dict.fromkeys([*codes, *sorted(table["language"].unique())]):
@@ -318,6 +363,10 @@ def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...]
             entry.update(
                 prompt_tokens=int(group["prompt_tokens"].sum()),
                 completion_tokens=int(group["completion_tokens"].sum()),
+                # of the completion tokens, those of reasoning traces (absent in outputs
+                # written before they were counted)
+                reasoning_tokens=int(group["reasoning_tokens"].sum())
+                if "reasoning_tokens" in wanted else 0,
                 errors=int((group["error"] != "").sum()),
                 unfinished=int((group["finish_reason"] != "stop").sum()),
                 failed=int((group["finish_reason"] == FAILED).sum()),
@@ -363,6 +412,9 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
         processor = build_processor(
             teacher.processor_config(request_timeout_s=config.teacher.request_timeout_s),
             preprocess=Preprocess(config), postprocess=Postprocess(config))
+        # blocks of one batch each: every batch's replies are written as soon as they are
+        # back (progress, and what a cut pass keeps), not when a whole input block is done
+        todo = todo.repartition(target_num_rows_per_block=config.teacher.engine.batch_size)
         try:
             with PassProgress(storage, folder, totals, config.progress_every_s) as progress:
                 processor(todo).map(output_row).write_parquet(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import Request
@@ -27,12 +27,13 @@ from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.serve.llm.ingress import OpenAiIngress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from kakugo import logs
 from kakugo.config import MODEL_NAME_PATTERN, EngineConfig, ModelServingConfig, RunConfig
 from kakugo.languages import Language
 from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
 from kakugo.serve import ServeConfigError
 from kakugo.storage import Storage
-from kakugo.teacher import engine_env, engine_kwargs, placement_bundles
+from kakugo.teacher import engine_env, engine_kwargs, placement_bundles, teacher_engine_kwargs
 
 log = logging.getLogger("kakugo.serve")
 
@@ -57,6 +58,8 @@ class ServedModel:
     role: Literal["teacher", "student", "tuned"]
     engine: EngineConfig
     scaling: ModelServingConfig
+    engine_extra: dict[str, Any] = field(default_factory=dict)  # the teacher's (see
+    # kakugo.teacher.teacher_engine_kwargs)
 
 
 def has_tuned_model(storage: Storage, lang: Language) -> bool:
@@ -72,7 +75,8 @@ def served_models(config: RunConfig, languages: list[Language], storage: Storage
     serving = config.serving
     models = [
         ServedModel(check_model_name(config.teacher.name, "teacher.name"), config.teacher.model,
-                    "teacher", config.teacher.engine, serving.teacher),
+                    "teacher", config.teacher.engine, serving.teacher,
+                    teacher_engine_kwargs(config.teacher)),
         ServedModel(check_model_name(config.student.name, "student.name"), config.student.model,
                     "student", serving.engine, serving.students),
     ]
@@ -132,7 +136,7 @@ def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
     return {
         "model_loading_config": {"model_id": model.name, "model_source": source},
         **({} if mirrored else {"callback_config": {"callback_class": NO_MIRROR_CALLBACK}}),
-        "engine_kwargs": engine_kwargs(model.engine, seed=seed),
+        "engine_kwargs": engine_kwargs(model.engine, seed=seed, extra=model.engine_extra),
         "placement_group_config": {"bundles": placement_bundles(model.engine),
                                    "strategy": "PACK"},
         "deployment_config": {"autoscaling_config": {
@@ -140,7 +144,7 @@ def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
             "initial_replicas": max(1, scaling.min_replicas),
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
-        }},
+        }, "logging_config": logs.serve_logging_config()},
         "runtime_env": {"env_vars": engine_env(model.engine)},
     }
 
@@ -149,6 +153,7 @@ def serving_args(config: RunConfig, models: list[ServedModel]) -> dict[str, Any]
     """The argument of `ray.serve.llm.build_openai_app` (an `LLMServingArgs`)."""
     return {
         "llm_configs": [llm_config(m) for m in models],
+        "ingress_deployment_config": {"logging_config": logs.serve_logging_config()},
         "ingress_cls_config": {
             "ingress_cls": INGRESS_CLS,
             "ingress_extra_kwargs": {
@@ -183,7 +188,8 @@ def ensure_serve(config: RunConfig) -> None:
     from ray import serve
 
     serve.start(proxy_location="HeadOnly",
-                http_options={"host": config.serving.host, "port": config.serving.port})
+                http_options={"host": config.serving.host, "port": config.serving.port},
+                logging_config=logs.serve_logging_config())
 
 
 def start(config: RunConfig, models: list[ServedModel]) -> str:

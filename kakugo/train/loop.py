@@ -177,15 +177,21 @@ def _inject_fault(cfg: dict[str, Any], step: int, rank: int, world: int) -> None
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import deepspeed
     import ray
+    import ray.data
     import ray.train
     import torch
     from ray.train import Checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
+    from kakugo.logs import kakugo_logger
     from kakugo.train.data import IGNORE_INDEX, collate, model_inputs
     from kakugo.train.export import export_model
 
+    log = kakugo_logger().getChild("train")
+    # the worker's own progress is the step lines below: no Ray Data progress bars for
+    # its shards (in a job's log they are repainted long after the shard is read)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     t = cfg["training"]
     use_gpu = t["use_gpu"]
     ctx = ray.train.get_context()
@@ -221,7 +227,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     torch.distributed.all_gather_object(params_per_rank, local_params)
     nodes_per_rank: list[str] = [""] * world
     torch.distributed.all_gather_object(nodes_per_rank, ray.get_runtime_context().get_node_id())
-    print(f"[kakugo.train] rank {rank}/{world}: {local_params} parameters held locally")
+    log.info("rank %d/%d: %d parameters held locally", rank, world, local_params)
 
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -229,7 +235,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
         step = int(client["step"])
-        print(f"[kakugo.train] rank {rank}: resumed from step {step}")
+        log.info("rank %d: resumed from step %d", rank, step)
 
     pad_id = AutoTokenizer.from_pretrained(cfg["student_path"]).pad_token_id or 0
     micro, accum = t["micro_batch_size"], t["gradient_accumulation_steps"]
@@ -331,9 +337,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 if rank == 0:  # progress: steps done, loss, ETA from this attempt's pace
                     pace = (window_start - loop_started) / max(step - first_step, 1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
-                    print(f"[kakugo.train] {cfg['language']['flores_code']} step "
-                          f"{step}/{total_steps}, loss {loss}, ETA "
-                          f"{pace * (total_steps - step):.0f} s", flush=True)
+                    log.info("%s step %d/%d, loss %s, ETA %.0f s",
+                             cfg["language"]["flores_code"], step, total_steps, loss,
+                             pace * (total_steps - step))
             if step % t["checkpoint_every_steps"] == 0 or step == total_steps:
                 metrics["val_loss"] = validate()
                 log_metrics(metrics)

@@ -105,3 +105,46 @@ def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
         assert time.monotonic() < deadline, "the teacher never got a request"
         time.sleep(0.2)
     ray.kill(handle, no_restart=True)
+
+
+def test_a_reasoning_teacher_keeps_the_trace_vllm_parsed(ray_cluster, serve_port, tmp_path):
+    """A teacher whose tokenizer has think tokens, served through the Teacher deployment
+    with vLLM's deepseek_r1 reasoning parser: vLLM returns the trace in the message's
+    `reasoning` field and the answer in `content`; the pass keeps both, counts the trace's
+    tokens, and the SFT row thinks inside think tags. A list call's schema applies after
+    the trace, within the list budget plus the reasoning budget."""
+    import ray
+
+    from kakugo.generate.assemble import response_candidate, sft_messages
+    from tests.scripted_model import ANSWER, TRACE, build_scripted_model
+
+    model = build_scripted_model(tmp_path / "reasoner")
+    config = load_config("configs/tiny-cpu.yaml", [
+        f"teacher.model={model}", "teacher.name=reasoner", "teacher.reasoning=deepseek_r1",
+        "teacher.sampling.list_item_max_chars=8", "teacher.sampling.list_max_tokens=48",
+        "teacher.sampling.reasoning_max_tokens=16", f"serving.port={serve_port}"])
+    rows = [r | {"n": 0, "step": "respond"} for r in
+            seed_requests("gla_Latn", "Scottish Gaelic", config)[:2]]
+    rows.append(seed_requests("gla_Latn", "Scottish Gaelic", config)[2] | {"n": 2})
+    storage = Storage(str(tmp_path / "out"))
+    with Teacher(config) as teacher:
+        stats = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
+    assert stats["failed_requests"] == 0
+    out = {r["id"]: r for r in pq.read_table(storage.path("pass"),
+                                             filesystem=storage.fs).to_pylist()}
+    trace = "".join(TRACE[1:-1]).strip()
+    for row in rows:
+        got = out[row["id"]]
+        assert got["finish_reason"] == "stop" and got["error"] == "", (got["text"], got["reasoning"], got["completion_tokens"])
+        assert got["reasoning"] == trace
+        assert got["reasoning_tokens"] == len(TRACE) - 2  # the tokens between the tags
+        assert got["completion_tokens"] > got["reasoning_tokens"]
+        if row["n"]:  # the grammar's JSON, after the trace
+            assert len(got["items"]) == 2 and all(got["items"])
+        else:
+            assert got["text"] == "".join(ANSWER).strip()
+            messages = sft_messages(response_candidate(got), config)
+            assert messages[-1] == {"role": "assistant",
+                                    "content": f"<think>\n{trace}\n</think>\n\n{got['text']}"}
+    entry = stats["languages"]["gla_Latn"]
+    assert entry["reasoning_tokens"] == len(rows) * (len(TRACE) - 2)

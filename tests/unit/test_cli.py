@@ -53,26 +53,3 @@ def test_an_error_starts_its_own_line_after_a_progress_bar(capsys, tmp_path):
     lines = capsys.readouterr().err.split("\n")
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert errors and "missing.yaml" in errors[0], lines
-
-
-def test_kakugo_log_lines_stay_text_after_ray_llm_sets_json_logging(capsys):
-    """Importing Ray's LLM modules puts a JSON handler on the root logger."""
-    import logging
-
-    from ray.llm._internal.batch.observability.logging.setup import setup_logging
-
-    from kakugo.cli import configure_logging
-
-    root, ours = logging.getLogger(), logging.getLogger("kakugo")
-    saved = (root.handlers[:], root.level, ours.handlers[:], ours.propagate, ours.level)
-    try:
-        configure_logging(verbose=False)
-        setup_logging()  # what `import ray.data.llm` / `ray.serve.llm` does
-        logging.getLogger("kakugo.run").info("run demo: 1 language(s)")
-        err = capsys.readouterr().err
-        line = r"^\S+ \S+ INFO kakugo\.run: run demo: 1 language\(s\)$"
-        assert re.search(line, err, re.MULTILINE), err
-        assert '"message"' not in err
-    finally:
-        root.handlers, root.level = saved[0], saved[1]
-        ours.handlers, ours.propagate, ours.level = saved[2], saved[3], saved[4]

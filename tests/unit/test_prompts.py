@@ -3,7 +3,7 @@ import json
 import jinja2
 import pytest
 
-from kakugo.generate.reasoning import split_reasoning
+from kakugo.generate.reasoning import split_think_tags
 from kakugo.prompts import TEMPLATES, list_schema, render
 
 VARIABLES = {
@@ -42,31 +42,17 @@ def test_list_schema_is_count_exact():
     json.dumps(schema)
 
 
-HARMONY = ("<|channel|>analysis<|message|>User asks 2+2. Easy.<|end|>"
-           "<|start|>assistant<|channel|>final<|message|>It is 4.<|return|>")
-
-
 @pytest.mark.parametrize(
-    "text, mode, expected",
+    "text, expected",
     [
-        ("<think>add 2 and 2</think>It is 4.", "think_tags", ("add 2 and 2", "It is 4.")),
-        ("<think>a</think> x <think>b</think> y", "think_tags", ("a\n\nb", "x  y")),
-        ("<think>still thinking", "think_tags", ("still thinking", "")),
-        ("No tags here.", "think_tags", ("", "No tags here.")),
-        (HARMONY, "gpt_oss", ("User asks 2+2. Easy.", "It is 4.")),
-        (HARMONY.removesuffix("<|return|>"), "gpt_oss", ("User asks 2+2. Easy.", "It is 4.")),
-        # cut off while still in the analysis channel: no answer
-        ("<|channel|>analysis<|message|>Let me think", "gpt_oss", ("Let me think", "")),
-        # a tool-call (commentary) message is neither reasoning nor answer
-        (("<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>commentary "
-         "to=functions.f <|constrain|>json<|message|>{}<|call|>"), "gpt_oss", ("a", "")),
-        # schema-constrained JSON comes without channels: all answer
-        ('{"items":["x"]}', "gpt_oss", ("", '{"items":["x"]}')),
-        ("<think>kept</think>as text", "none", ("", "<think>kept</think>as text")),
+        ("<think>add 2 and 2</think>It is 4.", ("add 2 and 2", "It is 4.")),
+        ("<think>a</think> x <think>b</think> y", ("a\n\nb", "x  y")),
+        ("<think>still thinking", ("still thinking", "")),
+        ("No tags here.", ("", "No tags here.")),
     ],
 )
-def test_split_reasoning(text, mode, expected):
-    assert split_reasoning(text, mode) == expected
+def test_split_think_tags(text, expected):
+    assert split_think_tags(text) == expected
 
 
 def _postprocess_row(**fields):
@@ -130,15 +116,90 @@ def test_preprocess_builds_one_chat_request_with_the_list_schema():
     assert free["request_kwargs"]["max_tokens"] == 96
 
 
-def test_gpt_oss_teacher_keeps_channel_tokens_and_passes_reasoning_effort():
+def test_gpt_oss_teacher_passes_reasoning_effort_and_budgets_its_trace():
     from kakugo.config import load_config
     from kakugo.generate.engine_pass import Preprocess, teacher_template_kwargs
 
-    request = _postprocess_row(system="s", user="u", n=0, max_tokens=0, schema="")
-    oss = load_config(None, ["teacher.reasoning=gpt_oss", "teacher.reasoning_effort=high"])
-    sent = Preprocess(oss)(request)["request_kwargs"]
-    assert sent["skip_special_tokens"] is False
+    oss = load_config(None, ["teacher.reasoning=gpt_oss", "teacher.reasoning_effort=high",
+                             "teacher.sampling.reasoning_max_tokens=1000"])
+    free = _postprocess_row(system="s", user="u", n=0, max_tokens=0, schema="")
+    sent = Preprocess(oss)(free)["request_kwargs"]
     assert sent["chat_template_kwargs"] == {"reasoning_effort": "high"}
     assert teacher_template_kwargs(oss) == {"reasoning_effort": "high"}
-    plain = Preprocess(load_config(None, []))(request)["request_kwargs"]
-    assert plain["skip_special_tokens"] is True and plain["chat_template_kwargs"] is None
+    # a response's budget covers trace and answer (the paper's 2,048 new tokens); list
+    # calls and translations get the trace's budget on top of their answer's
+    assert sent["max_tokens"] == oss.teacher.sampling.max_tokens
+    listing = Preprocess(oss)(_postprocess_row(system="s", user="u", n=3, max_tokens=0,
+                                               schema=""))["request_kwargs"]
+    assert listing["max_tokens"] == oss.teacher.sampling.list_max_tokens + 1000
+    translation = Preprocess(oss)(_postprocess_row(system="s", user="u", n=0, max_tokens=300,
+                                                   schema='{"type": "object"}'))
+    assert translation["request_kwargs"]["max_tokens"] == 1300
+    plain = load_config(None, [])
+    assert Preprocess(plain)(free)["request_kwargs"]["chat_template_kwargs"] is None
+    assert Preprocess(plain)(translation | {"n": 0, "max_tokens": 300, "schema": "{}"})[
+        "request_kwargs"]["max_tokens"] == 300
+
+
+def _vllm_reply(reasoning: str | None, content: str | None, *, reasoning_tokens: int,
+                completion_tokens: int, finish: str = "stop") -> dict:
+    """A chat reply as Ray Serve LLM's deployment returns it (vLLM's response model) and
+    as Ray Data's Serve stage hands it on (`model_dump()`)."""
+    from ray.serve.llm.openai_api_models import ChatCompletionResponse
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionResponseChoice,
+        ChatMessage,
+    )
+    from vllm.entrypoints.serve.engine.protocol import CompletionTokenUsageInfo, UsageInfo
+
+    response = ChatCompletionResponse(
+        model="gpt-oss-120b",
+        choices=[ChatCompletionResponseChoice(
+            index=0, finish_reason=finish,
+            message=ChatMessage(role="assistant", reasoning=reasoning, content=content))],
+        usage=UsageInfo(prompt_tokens=40, completion_tokens=completion_tokens,
+                        total_tokens=40 + completion_tokens,
+                        completion_tokens_details=CompletionTokenUsageInfo(
+                            reasoning_tokens=reasoning_tokens)))
+    return response.model_dump()
+
+
+def test_postprocess_takes_the_trace_from_vllms_reasoning_field():
+    """gpt-oss-shaped replies as vLLM's chat endpoint gives them (its harmony parser has
+    put the analysis channel in `reasoning`, the final channel in `content`)."""
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Postprocess
+
+    post = Postprocess(load_config(None, ["teacher.reasoning=gpt_oss"]))
+    answer = post(_postprocess_row(n=0, **_vllm_reply(
+        "The user greets in Gaelic. Answer briefly.", "Halò! Ciamar a tha thu?",
+        reasoning_tokens=9, completion_tokens=17)))
+    assert (answer["reasoning"], answer["text"]) == (
+        "The user greets in Gaelic. Answer briefly.", "Halò! Ciamar a tha thu?")
+    assert (answer["completion_tokens"], answer["reasoning_tokens"]) == (17, 9)
+    # a list call: the schema-constrained JSON is the content, the trace apart
+    listing = post(_postprocess_row(n=2, **_vllm_reply(
+        "Two topics about food.", '{"items": ["biadh", "cofaidh"]}', reasoning_tokens=5,
+        completion_tokens=20)))
+    assert listing["items"] == ["biadh", "cofaidh"] and listing["error"] == ""
+    assert listing["reasoning"] == "Two topics about food."
+    # cut off while reasoning: no answer yet, and the row is unfinished
+    cut = post(_postprocess_row(n=0, **_vllm_reply(
+        "Let me think about", None, reasoning_tokens=2048, completion_tokens=2048,
+        finish="length")))
+    assert (cut["text"], cut["finish_reason"], cut["reasoning_tokens"]) == ("", "length", 2048)
+    # a teacher served without a parser: the same reply's trace is not looked for
+    plain = Postprocess(load_config(None, ["teacher.reasoning=none"]))(
+        _postprocess_row(n=0, **_vllm_reply("hidden", "shown", reasoning_tokens=0,
+                                            completion_tokens=3)))
+    assert (plain["reasoning"], plain["text"], plain["reasoning_tokens"]) == ("", "shown", 0)
+
+
+def test_think_tags_teacher_counts_its_trace_tokens_with_its_tokenizer():
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Postprocess
+
+    post = Postprocess(load_config("configs/tiny-cpu.yaml", []))  # think_tags, SmolLM2
+    out = post(_postprocess_row(n=0, **_reply("<think>one two three</think>Tha.")))
+    assert (out["reasoning"], out["text"]) == ("one two three", "Tha.")
+    assert out["reasoning_tokens"] == 3

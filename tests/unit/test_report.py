@@ -17,7 +17,8 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
     storage = Storage(str(tmp_path))
     for step in GenerationStage.steps:  # 3600 H100-seconds per step, split 2:1
         storage.write_json(f"generate/{step}/_manifest.json", {"device": "H100", "languages": {
-            "gla_Latn": {"rows": 20, "device_seconds": 2400.0},
+            "gla_Latn": {"rows": 20, "device_seconds": 2400.0, "prompt_tokens": 100,
+                         "completion_tokens": 50, "reasoning_tokens": 30},
             "cym_Latn": {"rows": 10, "device_seconds": 1200.0}}})
     storage.write_json("assemble/dataset/_manifest.json", {"device": "CPU", "languages": {
         "gla_Latn": {"rows": 15, "device_seconds": 36.0},
@@ -35,6 +36,11 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
     gla, cym = report["languages"]
     assert gla["status"] == "done" and gla["dataset_rows"] == 15
     assert gla["generated_rows"] == {step: 20 for step in GenerationStage.steps}
+    steps = len(GenerationStage.steps)
+    assert gla["teacher_tokens"] == {"prompt": 100 * steps, "completion": 50 * steps,
+                                     "reasoning": 30 * steps}
+    assert cym["teacher_tokens"] == {"prompt": 0, "completion": 0, "reasoning": 0}
+    assert gla["training"]["served_as"] == "kakugo-gla"
     assert gla["training"]["steps"] == 4 and gla["training"]["val_loss"] == 1.7
     steps = len(GenerationStage.steps)
     assert {k: v for k, v in gla["usd"].items() if k != "total"} == {

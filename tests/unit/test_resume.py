@@ -37,16 +37,29 @@ def test_step_stats_count_each_language_and_the_failed_requests_in_one_scan(tmp_
     storage.write_parquet("pass/language=gla_Latn/a.parquet", pa.table({
         "id": ["r1", "r2", "r3"], "category": ["topic", "topic", "scenario"],
         "prompt_tokens": [10, 0, 7], "completion_tokens": [5, 0, 9],
-        "finish_reason": ["stop", "failed", "length"],
+        "reasoning_tokens": [3, 0, 6], "finish_reason": ["stop", "failed", "length"],
         "error": ["", "teacher request failed: TimeoutError", ""]}))
     storage.write_parquet("pass/language=cym_Latn/a.parquet", pa.table({
         "id": ["w1"], "category": ["topic"], "prompt_tokens": [4], "completion_tokens": [2],
-        "finish_reason": ["stop"], "error": [""]}))
+        "reasoning_tokens": [0], "finish_reason": ["stop"], "error": [""]}))
     stats, first = step_stats(storage, "pass", ["gla_Latn", "yor_Latn"])
     assert stats["gla_Latn"] == {"rows": 3, "categories": {"scenario": 1, "topic": 2},
-                                 "prompt_tokens": 17, "completion_tokens": 14, "errors": 1,
-                                 "unfinished": 2, "failed": 1}
+                                 "prompt_tokens": 17, "completion_tokens": 14,
+                                 "reasoning_tokens": 9, "errors": 1, "unfinished": 2,
+                                 "failed": 1}
     assert stats["cym_Latn"]["rows"] == 1 and stats["cym_Latn"]["failed"] == 0
     assert stats["yor_Latn"]["rows"] == 0 and stats["yor_Latn"]["failed"] == 0  # none written
     assert first == "teacher request failed: TimeoutError"
     assert step_stats(storage, "nothing-yet", ["gla_Latn"]) == ({"gla_Latn": {"rows": 0}}, "")
+
+
+def test_step_stats_of_outputs_written_before_reasoning_tokens_were_counted(tmp_path):
+    from kakugo.generate.engine_pass import step_stats
+
+    storage = Storage(str(tmp_path))
+    storage.write_parquet("pass/language=gla_Latn/a.parquet", pa.table({
+        "id": ["r1"], "category": ["topic"], "prompt_tokens": [10], "completion_tokens": [5],
+        "finish_reason": ["stop"], "error": [""]}))
+    stats, _ = step_stats(storage, "pass", ["gla_Latn"])
+    assert stats["gla_Latn"]["completion_tokens"] == 5
+    assert stats["gla_Latn"]["reasoning_tokens"] == 0

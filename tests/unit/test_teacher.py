@@ -21,3 +21,30 @@ def test_cpu_engine_uses_cpu_bundles_and_light_side_stages():
     assert "gpu_memory_utilization" not in kwargs and "seed" not in kwargs
     assert kwargs["max_num_batched_tokens"] == 1024
     assert engine_env(engine) == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+
+
+def test_teacher_engines_get_their_reasoning_parser_and_compact_json_in_vllms_types():
+    """The engine side of a reasoning teacher, checked against vLLM's own config classes:
+    the parser name is one vLLM registers, and compact JSON is an engine setting (vLLM's
+    xgrammar backend reads it from the engine config, never from a request)."""
+    from vllm.config.structured_outputs import StructuredOutputsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.reasoning import ReasoningParserManager
+
+    from kakugo.config import load_config
+    from kakugo.models import build_embedded
+    from kakugo.teacher import REASONING_PARSERS, teacher_engine_kwargs
+
+    for mode, parser in REASONING_PARSERS.items():
+        extra = teacher_engine_kwargs(load_config(None, [f"teacher.reasoning={mode}"]).teacher)
+        assert extra["reasoning_parser"] == parser
+        assert ReasoningParserManager.get_reasoning_parser(parser)  # registered by vLLM
+    for mode in ("none", "think_tags"):  # no parser: the text is all answer, or split by us
+        extra = teacher_engine_kwargs(load_config(None, [f"teacher.reasoning={mode}"]).teacher)
+        assert "reasoning_parser" not in extra
+    compact = StructuredOutputsConfig(**extra["structured_outputs_config"])
+    assert compact.disable_any_whitespace and compact.backend == "xgrammar"
+    kwargs = engine_kwargs(EngineConfig(accelerator="cpu"), extra=extra)
+    model = str(build_embedded("smollm2-135m-instruct"))
+    args = AsyncEngineArgs(model=model, **{**kwargs, "structured_outputs_config": compact})
+    assert args.structured_outputs_config.disable_any_whitespace
