@@ -35,12 +35,12 @@ from kakugo.config import load_config
 from kakugo.generate.assemble import AssembleStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_STUDENT
 from tests.e2e.conftest import RAY, jobs_api, ray_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
-OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
+OVERRIDES = [*TINY_STUDENT, "teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
              "filters.basic=annotate", "filters.min_rows_per_language=2",
              "training.placement_strategy=STRICT_SPREAD", "training.max_steps=2",
              "training.checkpoint_every_steps=2",
@@ -61,6 +61,7 @@ STEPS = GenerationStage.steps
 LANGS = ("gla_Latn",)
 JOB_TIMEOUT_S = 1200
 TEACHER_READY = "teacher smollm2-135m ready"
+TRAIN_WORKER = "(RayTrainWorker pid="  # Ray's prefix of a training worker's log lines
 
 
 def submit(cluster: dict, out: str, job_id: str) -> None:
@@ -277,7 +278,7 @@ def test_an_s3_outage_fails_the_job_with_a_storage_error_and_the_rerun_completes
     assert "s3://kakugo-e2e-run/runs/demo/" in errors[-1], errors
     # the rerun redid no finished stage (no engine, no training worker), finished the
     # evaluation and left every object written before the outage as it was
-    assert TEACHER_READY not in run["log"] and "[kakugo.train]" not in run["log"]
+    assert TEACHER_READY not in run["log"] and TRAIN_WORKER not in run["log"]
     after = listing(run["s3"], run["bucket"], "runs/demo/")
     summaries = ("run.json", "status.json", "report.", "eval/results.", "eval/plots/")
     before = {k: v for k, v in run["written_before_outage"].items()
@@ -291,7 +292,7 @@ def test_progress_lines_give_rows_done_and_eta(run):
              if "generate/respond:" in ln and "ETA" in ln]
     assert lines, "no progress line for the respond pass"
     assert "rows/s" in lines[-1] and "gla_Latn" in lines[-1]
-    assert "[kakugo.train] gla_Latn step 2/2" in run["resumed_log"]
+    assert "kakugo.train: gla_Latn step 2/2, loss" in run["resumed_log"]
 
 
 def test_base_and_tuned_student_are_evaluated(run):
@@ -343,7 +344,7 @@ def test_submitting_again_does_no_engine_or_training_work(run):
     assert log.count("done earlier, skipped") == (
         len(STEPS) + len(AssembleStage.steps) + len(LANGS))
     assert TEACHER_READY not in log  # no engine started
-    assert "[kakugo.train]" not in log  # no training worker
+    assert TRAIN_WORKER not in log  # no training worker
     assert "evaluate gla_Latn" not in log  # no lm-eval run
     assert listing(run["s3"], run["bucket"], "runs/demo/", rewritten) == before
 

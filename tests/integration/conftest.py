@@ -10,6 +10,7 @@ import pytest
 from kakugo.config import load_config
 from kakugo.languages import resolve
 from kakugo.storage import Storage
+from tests.conftest import TINY_STUDENT
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def serve_port(ray_cluster) -> int:
 
 COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
 OVERRIDES = [
-    "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
+    *TINY_STUDENT, "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
     "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=72",
     "training.epochs=3", "training.report_every_steps=2", "training.checkpoint_every_steps=6",
     "training.validation_fraction=0.1", "training.keep_checkpoints=2",
@@ -85,7 +86,8 @@ def served(ray_cluster, serve_port, trained):
     from kakugo.serve.app import served_models, start
 
     config = load_config("configs/tiny-cpu.yaml", [
-        f"output={trained['out']}", 'languages=["gd"]', f"serving.port={serve_port}"])
+        *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd"]',
+        f"serving.port={serve_port}"])
     models = served_models(config, [trained["lang"]], trained["storage"])
     url = start(config, models)
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from kakugo.config import load_config
 from kakugo.languages import resolve
+from tests.conftest import TINY_STUDENT
 from tests.unit.test_evaluate_tasks import fixture_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -23,7 +24,7 @@ def evaluated(served, trained, data_dir, tmp_path_factory):
 
     data = fixture_data_dir(tmp_path_factory.mktemp("eval"), data_dir)
     config = load_config("configs/tiny-cpu.yaml", [
-        f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
+        *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
         f"evaluation.tasks={TASKS}", "evaluation.limit=4", "evaluation.max_gen_tokens=16",
         f"evaluation.url={served['url']}"])
     langs = [resolve("gd", data), resolve("yo", data)]

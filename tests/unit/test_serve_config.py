@@ -10,11 +10,13 @@ from kakugo.config import ConfigError, load_config
 from kakugo.languages import resolve
 from kakugo.serve import ServeConfigError
 from kakugo.storage import Storage
+from tests.conftest import TINY_STUDENT
 
 
 @pytest.fixture()
 def run(tmp_path, data_dir):
-    config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}", 'languages=["gd", "cy"]'])
+    config = load_config("configs/tiny-cpu.yaml", [*TINY_STUDENT, f"output={tmp_path}",
+                                                   'languages=["gd", "cy"]'])
     langs = [resolve("gd", data_dir), resolve("cy", data_dir)]
     storage = Storage(str(tmp_path))
     for name in ("config.json", "tokenizer_config.json"):  # gd trained, cy not
