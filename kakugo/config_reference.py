@@ -25,9 +25,11 @@ HEADER = """# Configuration reference
 
 Generated from `kakugo/config.py` by `python -m kakugo.config_reference`; do not edit by
 hand. A run config is a YAML file of these sections (`configs/paper.yaml` is the paper's
-run, `configs/tiny-cpu.yaml` the embedded CPU demo); any key can be overridden on the
-command line with `--set section.key=value` (the value is read as YAML). Unknown keys,
-wrong types and values out of bounds are refused when the config is loaded, naming the key.
+run, `configs/improved.yaml` the paper's with our checks dropping, `configs/tiny-cpu.yaml`
+the embedded CPU demo); a file may start from another with `extends: OTHER.yaml`; any key
+can be overridden on the command line with `--set section.key=value` (the value is read as
+YAML). Unknown keys, wrong types and values out of bounds are refused when the config is
+loaded, naming the key.
 """
 MAX_DEFAULT_CHARS = 90
 BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))

@@ -24,6 +24,10 @@ PAPER54_FILE = Path(__file__).resolve().parent / "data" / "paper54.yaml"
 FLORES_RE = re.compile(r"^([a-z]{3})_([A-Z][a-z]{3})$")
 CODE_RE = re.compile(r"^[a-z]{2,3}$")
 EVAL_SETS = ("flores200", "sib200", "belebele", "global_mmlu")
+# The hub datasets of the evaluation sets (one config per language; what lm-eval's registry
+# tasks read), for evaluation and decontamination where there is no local copy
+EVAL_HUB_DATASETS = {"flores200": "openlanguagedata/flores_plus", "sib200": "Davlan/sib200",
+                     "belebele": "facebook/belebele", "global_mmlu": "CohereForAI/Global-MMLU"}
 
 
 class LanguageError(ValueError):
@@ -85,7 +89,7 @@ def sib200_codes(data_dir: Path | None = None) -> frozenset[str] | None:
     try:
         from datasets import get_dataset_config_names
 
-        return frozenset(get_dataset_config_names("Davlan/sib200"))
+        return frozenset(get_dataset_config_names(EVAL_HUB_DATASETS["sib200"]))
     except Exception:  # noqa: BLE001 - offline or refused: coverage unknown, not "no"
         return None
 

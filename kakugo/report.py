@@ -77,12 +77,16 @@ def language_summary(config: RunConfig, lang: Language, storage: Storage,
             # completion tokens include the reasoning traces' (counted apart too)
             "teacher_tokens": tokens,
             "dataset_rows": (dataset.get("languages", {}).get(code) or {}).get("rows"),
+            # per check: its action, the rows it dropped and the rows it flagged but kept
+            "filters": (dataset.get("languages", {}).get(code) or {}).get("filters") or {},
             "training": training, "evaluation": scores,
             "usd": usd_by_stage(entries, code)}
 
 
 def build_report(config: RunConfig, languages: list[Language], storage: Storage,
                  failed: dict[str, dict[str, str]]) -> dict[str, Any]:
+    from kakugo.evaluate.runner import decoding_note
+
     manifests = stage_manifests(storage, [lang.flores_code for lang in languages])
     entries = ledger(config, languages, storage, manifests)
     eval_rows = evaluation_rows(storage)
@@ -96,6 +100,7 @@ def build_report(config: RunConfig, languages: list[Language], storage: Storage,
         "status": {s: sum(e["status"] == s for e in langs)
                    for s in ("done", "failed", "incomplete")},
         "languages": langs,
+        "decoding": decoding_note(config),
         "cost": {"usd_total": round(sum(totals), 4), "usd_per_language": round(mean, 4),
                  "paper_usd_per_language": PAPER_USD_PER_LANGUAGE,
                  "within_paper_figure": mean < PAPER_USD_PER_LANGUAGE,
@@ -138,7 +143,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed languages", ""]
         lines += [f"- {lang['flores_code']} ({lang['name']}), in {lang['failed_stage']}: "
                   f"{_cell(lang['error'])}" for lang in failed]
-    lines += ["", "## Evaluation (tuned vs base student)", "",
+    checks = [(lang["flores_code"], name, f) for lang in report["languages"]
+              for name, f in lang["filters"].items() if f["action"] != "off"]
+    if checks:
+        lines += ["", "## Dataset checks (rows dropped, and rows flagged but kept)", "",
+                  "| language | check | action | dropped | flagged and kept |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {code} | {name} | {f['action']} | {f['dropped']} | {f['annotated']} |"
+                  for code, name, f in checks]
+    lines += ["", "## Evaluation (tuned vs base student)", "", report["decoding"], "",
               "| language | task | metric | base | tuned | delta | note |",
               "|---|---|---|---|---|---|---|"]
     for lang in report["languages"]:

@@ -86,19 +86,41 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
         model=model_type, model_args=model_args, tasks=[t.name for t in tasks],
         num_fewshot=config.evaluation.num_fewshot, limit=config.evaluation.limit,
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        apply_chat_template=generation, batch_size=1, bootstrap_iters=0, log_samples=False,
-        random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
-        fewshot_random_seed=config.seed)
+        apply_chat_template=generation, batch_size=1, bootstrap_iters=0,
+        log_samples=generation, random_seed=config.seed, numpy_random_seed=config.seed,
+        torch_random_seed=config.seed, fewshot_random_seed=config.seed)
     device, devices = evaluation_devices(config)
     seconds = (time.monotonic() - started) * devices / len(tasks)
-    return {t.name: {"task": t.name, "kind": t.kind, "language": t.language,
-                     "model": model.name, "role": model.role, "lm_eval_model": model_type,
-                     "num_fewshot": config.evaluation.num_fewshot,
-                     "n_samples": out["n-samples"].get(t.name),
-                     "results": out["results"][t.name],
-                     "config": json.loads(json.dumps(out["configs"][t.name], default=str)),
-                     "device": device, "device_seconds": round(seconds, 2)}
-            for t in tasks}
+    results = {}
+    for t in tasks:
+        result = {"task": t.name, "kind": t.kind, "language": t.language,
+                  "model": model.name, "role": model.role, "lm_eval_model": model_type,
+                  "num_fewshot": config.evaluation.num_fewshot,
+                  "n_samples": out["n-samples"].get(t.name),
+                  "results": out["results"][t.name],
+                  "config": json.loads(json.dumps(out["configs"][t.name], default=str)),
+                  "device": device, "device_seconds": round(seconds, 2)}
+        if generation:
+            result["decoding"] = decoding(config)
+            result["examples"] = [
+                {"reply": sample["resps"][0][0], "answer": sample["filtered_resps"][0],
+                 "target": sample["target"]}
+                for sample in out["samples"][t.name][:EXAMPLES]]
+        results[t.name] = result
+    return results
+
+
+EXAMPLES = 5  # replies kept with a generation task's results, to see what was scored
+
+
+def decoding(config: RunConfig) -> dict[str, Any]:
+    """How every model of a run is decoded in generation tasks: the same for base and tuned
+    (the request says it all, so neither model's own generation config counts)."""
+    return {"sampling": "greedy", "temperature": 0.0,
+            "repetition_penalty": config.evaluation.repetition_penalty,
+            "max_gen_tokens": config.evaluation.max_gen_tokens,
+            "reasoning": "a <think> block is removed before scoring; the answer is the "
+                         "first line after it"}
 
 
 def score(result: dict) -> float | None:
@@ -145,7 +167,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                 serve_app.stop()
     table = results_table(config, languages, storage, missing)
     if ran or not storage.exists("eval/results.csv"):
-        write_reports(table, storage)
+        write_reports(table, storage, decoding_note(config))
     return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()},
             "failed": failed}
 
@@ -202,7 +224,14 @@ def results_table(config: RunConfig, languages: list[Language], storage: Storage
     return rows
 
 
-def write_reports(rows: list[dict], storage: Storage) -> None:
+def decoding_note(config: RunConfig) -> str:
+    d = decoding(config)
+    return (f"Generation tasks decode the base and the tuned student alike: {d['sampling']}, "
+            f"repetition penalty {d['repetition_penalty']}, up to {d['max_gen_tokens']} new "
+            f"tokens; {d['reasoning']}.")
+
+
+def write_reports(rows: list[dict], storage: Storage, note: str) -> None:
     columns = ["language", "name", "task", "metric", "base", "tuned", "delta", "note"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
@@ -215,7 +244,7 @@ def write_reports(rows: list[dict], storage: Storage) -> None:
         lines.append("| " + " | ".join(
             ("n/a" if row[c] is None else (f"{row[c]:+.2f}" if c == "delta" else str(row[c])))
             for c in columns) + " |")
-    storage.write_text("eval/results.md", "\n".join(lines) + "\n")
+    storage.write_text("eval/results.md", "\n".join(lines) + f"\n\n{note}\n")
     for task in dict.fromkeys(r["task"] for r in rows):
         storage.write_bytes(f"eval/plots/{task}.png", delta_plot(
             [r for r in rows if r["task"] == task], task))

@@ -30,13 +30,12 @@ import yaml
 from langcodes.data_dicts import MACROLANGUAGES
 
 from kakugo.config import RunConfig
-from kakugo.languages import Language, eval_data_dir
+from kakugo.languages import EVAL_HUB_DATASETS, Language, eval_data_dir
 
 TEMPLATES = Path(__file__).resolve().parent / "tasks"
 LOGLIKELIHOOD = ("sib200", "belebele", "global_mmlu")
 GENERATION = ("flores_en_xx", "flores_xx_en")
-HUB = {"sib200": "Davlan/sib200", "belebele": "facebook/belebele",
-       "global_mmlu": "CohereForAI/Global-MMLU", "flores": "openlanguagedata/flores_plus"}
+HUB = {**EVAL_HUB_DATASETS, "flores": EVAL_HUB_DATASETS["flores200"]}
 
 
 class EvalDataError(ValueError):
@@ -169,6 +168,7 @@ def render(config: RunConfig, languages: list[Language],
                 "source_name": "English" if english_first else lang.name,
                 "target_name": lang.name if english_first else "English",
                 "max_gen_tokens": config.evaluation.max_gen_tokens,
+                "repetition_penalty": config.evaluation.repetition_penalty,
             }
             template = "flores.yaml" if kind in GENERATION else f"{kind}.yaml"
             text = string.Template((TEMPLATES / template).read_text(encoding="utf-8"))

@@ -2,8 +2,10 @@
 translated conversations, after the quality filters.
 
     candidates : one row per response and per translation, with a verdict column per
-                 filter (translation rules, basic, language_id, decontamination, dedup)
-                 and `reject` (the first failing filter whose action is drop, "" = kept)
+                 filter (translation rules, basic, empty, language_id, decontamination,
+                 dedup) and `reject` (the first failing filter whose action is drop,
+                 "" = kept); a failing verdict of a filter that only annotates stays in
+                 its column and is counted in the card
     dataset    : per language, `{output}/{flores_code}/dataset/`:
                    data/*.parquet     kept rows, `messages` in OpenAI chat format
                    rejects/*.parquet  rejected rows with the rule that failed
@@ -33,6 +35,7 @@ from kakugo.generate.filters import (
     basic_verdict,
     contamination_index,
     duplicates,
+    empty_verdict,
 )
 from kakugo.generate.stage import Stage, frame
 from kakugo.generate.translate import check_translation
@@ -42,13 +45,13 @@ from kakugo.storage import Storage
 log = logging.getLogger("kakugo.generate")
 
 CANDIDATE_COLUMNS = (
-    "id", "language", "category", "kind", "prompt", "response", "reasoning", "turns",
-    "revised", "prompt_tokens", "completion_tokens", "finish_reason", "error",
-    "translation", "basic", "language_id", "language_id_confidence", "decontamination",
-    "dedup", "reject",
+    "id", "language", "category", "kind", "task", "prompt", "response", "reasoning",
+    "turns", "revised", "prompt_tokens", "completion_tokens", "finish_reason", "error",
+    "translation", "basic", "empty", "language_id", "language_id_confidence",
+    "decontamination", "dedup", "reject",
 )
 # Filter verdict columns, in the order a reject reason is chosen.
-VERDICTS = ("translation", "basic", "language_id", "decontamination", "dedup")
+VERDICTS = ("translation", "basic", "empty", "language_id", "decontamination", "dedup")
 SFT_COLUMNS = ("id", "language", "category", "kind", "messages")
 WRITE_BATCH_ROWS = 10_000  # rows per dataset file
 REJECT_COLUMNS = ("id", "language", "category", "kind", "reject", "prompt", "response",
@@ -68,10 +71,11 @@ def _candidate(row: dict[str, Any], kind: str, **values: Any) -> dict[str, Any]:
 
 
 def response_candidate(row: dict[str, Any]) -> dict[str, Any]:
-    """A generated row: the user message (context text + prompt) and the teacher's answer."""
+    """A generated row: the user message (context text + prompt) and the teacher's answer;
+    `task` is the task a context prompt asks for (e.g. "translate"), "" otherwise."""
     meta = json.loads(row["meta"] or "{}")
     return _candidate(row, "generated", prompt=row["user"], response=row["text"],
-                      revised=bool(meta.get("revised")))
+                      revised=bool(meta.get("revised")), task=meta.get("task", ""))
 
 
 class TranslationCheck:
@@ -104,18 +108,29 @@ class TranslationCheck:
         return frame(out, CANDIDATE_COLUMNS)
 
 
+def expected_in_language(row: dict[str, Any]) -> list[str]:
+    """The texts of a candidate that its task expects in the target language: the prompt
+    (context prompts carry the context text, in the language), and the response unless
+    the prompt asks for a translation (its answer is in another language)."""
+    texts = [row["prompt"]]
+    if row["task"] != "translate":
+        texts.append(row["response"])
+    return [t for t in texts if t]
+
+
 def judge(row: dict[str, Any], lang: Language, filters: FiltersConfig,
           lid: LanguageIdentifier | None, data_dir: Path | None) -> dict[str, Any]:
-    """The row-wise verdicts (basic, language_id, decontamination) of one candidate."""
+    """The row-wise verdicts (basic, empty, language_id, decontamination) of one candidate."""
     texts = [row["prompt"], row["response"]]
     if row["kind"] == "translated" and row["turns"]:
         texts = [t["content"] for t in json.loads(row["turns"])]
     if filters.basic != "off":
         row["basic"] = basic_verdict(row["prompt"], row["response"], row["finish_reason"],
                                      row["error"])
-    if lid is not None and row["prompt"] and row["response"]:
-        verdict, confidence = lid.verdict([row["prompt"], row["response"]], lang,
-                                          filters.language_id_min_confidence)
+    if filters.empty != "off":
+        row["empty"] = empty_verdict(row["prompt"], row["response"])
+    if lid is not None and (sides := expected_in_language(row)):
+        verdict, confidence = lid.verdict(sides, lang, filters.language_id_min_confidence)
         row["language_id"], row["language_id_confidence"] = verdict, round(confidence, 4)
     if filters.decontamination != "off":
         index = contamination_index(lang, data_dir, filters.decontamination_ngram)
@@ -176,13 +191,16 @@ def dedup_language(group: pd.DataFrame, filters: FiltersConfig) -> pd.DataFrame:
     return frame(rows, CANDIDATE_COLUMNS)
 
 
-def sft_messages(row: dict[str, Any], config: RunConfig) -> list[dict[str, str]]:
-    """The training conversation of a kept candidate (OpenAI chat format)."""
+def sft_messages(row: dict[str, Any], config: RunConfig,
+                 trace: bool = True) -> list[dict[str, str]]:
+    """The training conversation of a kept candidate (OpenAI chat format): generated rows
+    think inside <think> tags first (`trace`) or give the answer only; translated rows are
+    plain."""
     ds = config.dataset
     if row["kind"] == "translated":
         return [{"role": "system", "content": ds.concise_system_prompt},
                 *json.loads(row["turns"])]
-    if ds.token_limited:  # the answer only: more target-language tokens per budget
+    if not trace:
         return [{"role": "system", "content": ds.concise_system_prompt},
                 {"role": "user", "content": row["prompt"]},
                 {"role": "assistant", "content": row["response"]}]
@@ -192,14 +210,81 @@ def sft_messages(row: dict[str, Any], config: RunConfig) -> list[dict[str, str]]
             {"role": "assistant", "content": answer}]
 
 
+def has_trace(row: dict[str, Any]) -> bool:
+    return row["kind"] == "generated"
+
+
+def budget_plan(rows: list[tuple[str, int, int]], budget: int,
+                seed: int) -> tuple[dict[str, bool], int]:
+    """The token-limited variant's choice: ({row id: with its trace?}, tokens used) for
+    rows given as (id, tokens as an answer only, tokens the trace adds). Rows are taken in
+    a seeded order, first as answers while they fit in `budget`, then the same order again
+    gets traces while they fit: target-language answer tokens before reasoning tokens.
+    Rows not in the plan do not fit."""
+    from kakugo.generate.requests import fraction_of
+
+    order = sorted(rows, key=lambda r: fraction_of(r[0], ("token_budget", seed)))
+    plan: dict[str, bool] = {}
+    used = 0
+    for row_id, answer, _ in order:
+        if used + answer <= budget:
+            plan[row_id], used = False, used + answer
+    for row_id, _, extra in order:
+        if row_id in plan and extra and used + extra <= budget:
+            plan[row_id], used = True, used + extra
+    return plan, used
+
+
+class TokenCounter:
+    """Tokens of a training conversation's message contents (the student's tokenizer)."""
+
+    def __init__(self, student_path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(student_path)
+
+    def __call__(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+        contents = [m["content"] for c in conversations for m in c]
+        lengths = iter(len(ids) for ids in self.tokenizer(
+            contents, add_special_tokens=False)["input_ids"]) if contents else iter(())
+        return [sum(next(lengths) for _ in c) for c in conversations]
+
+
+def filter_summary(counts: pd.DataFrame, filters: FiltersConfig) -> dict[str, dict[str, Any]]:
+    """Per check: its action and how many of a language's candidates it dropped (the first
+    dropping check names a reject) and flagged without dropping (a failing verdict on a
+    kept row: checks that annotate, or rows an earlier check dropped count under it)."""
+    kept = counts[counts["reject"] == ""]
+    out = {}
+    for name in VERDICTS:
+        action = "drop" if name == "translation" else getattr(filters, name)
+        failed = ~kept[name].isin(["", OK, UNKNOWN]) if name in kept else []
+        out[name] = {"action": action,
+                     "dropped": int(counts["reject"].str.startswith(f"{name}:").sum()),
+                     "annotated": int(sum(failed))}
+    return out
+
+
 class AssembleStage(Stage):
     root = "assemble"
     steps = ("candidates", "dataset")
     config_sections = ("teacher", "student", "generation", "translation", "filters",
                        "dataset", "seed")
 
+    def decontamination_sources(self, lang: Language) -> dict[str, str] | None:
+        """Where decontamination read each evaluation set of a language (built here, in the
+        driver, so that a set that cannot be read fails the stage before any row is judged)."""
+        filters = self.config.filters
+        if filters.decontamination == "off":
+            return None
+        data_dir = eval_data_dir(self.config.evaluation.data_dir)
+        return contamination_index(lang, data_dir, filters.decontamination_ngram).where
+
     def build_candidates(self):
         import ray
+
+        for lang in self.languages:
+            self.decontamination_sources(lang)
 
         responses = self.read("respond", root="generate").map(response_candidate)
         translated = self.read("seeds", root="generate").filter(
@@ -219,27 +304,58 @@ class AssembleStage(Stage):
             stats[lang.flores_code] = self.write_language(lang)
         return stats
 
+    def candidates(self):
+        import pyarrow.dataset as pads
+
+        return pads.dataset(self.storage.path(self.folder("candidates")), format="parquet",
+                            filesystem=self.storage.fs, partitioning="hive")
+
     def candidate_counts(self, code: str) -> pd.DataFrame:
         import pyarrow.dataset as pads
 
-        dataset = pads.dataset(self.storage.path(self.folder("candidates")), format="parquet",
-                               filesystem=self.storage.fs, partitioning="hive")
-        columns = ["category", "kind", "reject", "language_id"]
+        dataset = self.candidates()
+        columns = ["id", "category", "kind", "reject", *(v for v in VERDICTS
+                                                         if v in dataset.schema.names)]
         return dataset.to_table(columns=columns,
                                 filter=pads.field("language") == code).to_pandas()
+
+    def kept_batches(self, code: str, columns: list[str] | None = None):
+        import pyarrow.dataset as pads
+
+        return self.candidates().to_batches(
+            columns=columns, batch_size=WRITE_BATCH_ROWS,
+            filter=(pads.field("language") == code) & (pads.field("reject") == ""))
+
+    def token_plan(self, code: str) -> tuple[dict[str, bool] | None, int]:
+        """The token-limited variant's plan for a language (see budget_plan), or None
+        without `dataset.token_budget`; also the tokens it uses."""
+        budget = self.config.dataset.token_budget
+        if budget is None:
+            return None, 0
+        from kakugo.models import ModelSource
+
+        count = TokenCounter(ModelSource.parse(self.config.student.model).materialize())
+        rows: list[tuple[str, int, int]] = []
+        columns = ["id", "kind", "prompt", "response", "reasoning", "turns"]
+        for batch in self.kept_batches(code, columns):
+            records = batch.to_pylist()
+            answers = count([sft_messages(r, self.config, trace=False) for r in records])
+            traced = count([sft_messages(r, self.config) for r in records])
+            rows += [(r["id"], a, t - a if has_trace(r) else 0)
+                     for r, a, t in zip(records, answers, traced, strict=True)]
+        return budget_plan(rows, budget, self.config.seed)
 
     def write_language(self, lang: Language) -> dict[str, Any]:
         code, config = lang.flores_code, self.config
         folder = dataset_dir(code)
         self.storage.delete(folder)
+        plan, planned_tokens = self.token_plan(code)
         # the language's verdicts, streamed batch by batch out of the candidates (plain
         # pyarrow: the heavy work is done, this is a split into kept and rejected rows)
         import pyarrow as pa
         import pyarrow.dataset as pads
 
-        candidates = pads.dataset(self.storage.path(self.folder("candidates")),
-                                  format="parquet", filesystem=self.storage.fs,
-                                  partitioning="hive")
+        candidates = self.candidates()
         batches = candidates.to_batches(filter=pads.field("language") == code,
                                         batch_size=WRITE_BATCH_ROWS)
         # fixed schemas: every file of a folder reads back as one table
@@ -247,16 +363,29 @@ class AssembleStage(Stage):
         schemas = {"data": pa.schema([*(candidates.schema.field(c) for c in SFT_COLUMNS
                                         if c != "messages"), pa.field("messages", messages)]),
                    "rejects": pa.schema([candidates.schema.field(c) for c in REJECT_COLUMNS])}
+        traces = 0
         for index, batch in enumerate(batches):
             rows = batch.to_pylist()
+            if plan is not None:  # rows the token budget has no room for
+                for row in rows:
+                    if not row["reject"] and row["id"] not in plan:
+                        row["reject"] = "token_budget"
+            trace = {row["id"]: True if plan is None else plan[row["id"]]
+                     for row in rows if not row["reject"]}
+            traces += sum(has_trace(row) and trace[row["id"]] for row in rows
+                          if not row["reject"])
             kept = [{**{c: row[c] for c in SFT_COLUMNS if c != "messages"},
-                     "messages": sft_messages(row, config)} for row in rows if not row["reject"]]
+                     "messages": sft_messages(row, config, trace[row["id"]])}
+                    for row in rows if not row["reject"]]
             rejected = [{c: row[c] for c in REJECT_COLUMNS} for row in rows if row["reject"]]
             for part, table in (("data", kept), ("rejects", rejected)):
                 if table:
                     self.storage.write_parquet(f"{folder}/{part}/part-{index:05d}.parquet",
                                                pa.Table.from_pylist(table, schemas[part]))
         counts = self.candidate_counts(code)
+        if plan is not None:
+            counts.loc[(counts["reject"] == "") & ~counts["id"].isin(list(plan)), "reject"] = (
+                "token_budget")
         kept = counts[counts["reject"] == ""]
         rejected = counts[counts["reject"] != ""]
         stats = {
@@ -265,8 +394,13 @@ class AssembleStage(Stage):
                            kept["category"].value_counts().sort_index().items()},
             "candidates": len(counts),
             "rejects": dict(sorted(Counter(map(reject_rule, rejected["reject"])).items())),
+            "filters": filter_summary(counts, config.filters),
             "language_id": dict(sorted(Counter(
-                v.split(":")[0] for v in counts["language_id"] if v).items())),
+                v.split(":")[0] for v in counts.get("language_id", []) if v).items())),
+            "decontaminated_against": self.decontamination_sources(lang),
+            "rows_with_trace": int(traces),
+            "token_budget": config.dataset.token_budget,
+            "budget_tokens_used": planned_tokens if plan is not None else None,
         }
         stats.update(self.teacher_costs(code))
         self.storage.write_text(f"{folder}/README.md", dataset_card(lang, config, stats))
@@ -340,11 +474,21 @@ def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> st
             "reasoning_tokens": stats.get("reasoning_tokens", 0),
             "engine_seconds": stats["engine_seconds"],
             "accelerator": stats["accelerator"],
-            "token_limited": config.dataset.token_limited,
+            "filters": stats["filters"],
+            "decontaminated_against": stats["decontaminated_against"],
+            "rows_with_trace": stats["rows_with_trace"],
+            "token_budget": stats["token_budget"],
+            "budget_tokens_used": stats["budget_tokens_used"],
         },
     }
     categories = "\n".join(f"| {k} | {v} |" for k, v in stats["categories"].items())
     rejects = "\n".join(f"| {k} | {v} |" for k, v in stats["rejects"].items()) or "| none | 0 |"
+    checks = "\n".join(f"| {name} | {f['action']} | {f['dropped']} | {f['annotated']} |"
+                       for name, f in stats["filters"].items())
+    budget = ("" if stats["token_budget"] is None else
+              f"\nToken-limited variant: a budget of {stats['token_budget']} training tokens "
+              f"({stats['budget_tokens_used']} used), filled with answers first; "
+              f"{stats['rows_with_trace']} rows keep their reasoning trace.\n")
     return f"""---
 {yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
 ---
@@ -365,6 +509,10 @@ traces, plus a translated English instruction set. {stats['rows']} rows were kep
 |---|---|
 {rejects}
 
+| check | action | rows dropped | rows flagged and kept |
+|---|---|---|---|
+{checks}
+{budget}
 Each row has a `messages` list in OpenAI chat format. Generated rows ask the model to
 think inside `<think>` tags first; translated rows have a short system prompt and no
 reasoning. `dataset_info.json` registers `data/` for LLaMA-Factory.

@@ -128,8 +128,8 @@ class Postprocess:
         choice = (row.get("choices") or [{}])[0] or {}
         usage = row.get("usage") or {}
         reasoning, answer, reasoning_tokens = self.split(choice.get("message") or {}, usage)
-        finish = "error" if error else (
-            "length" if choice.get("finish_reason") == "length" else "stop")
+        # vLLM's own reason ("stop", "length", "abort", ...): only "stop" is a finished reply
+        finish = "error" if error else str(choice.get("finish_reason") or "unknown")
         items: list[str] = []
         if row["n"] > 0 and finish == "stop":
             try:

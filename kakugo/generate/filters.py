@@ -2,10 +2,12 @@
 "unknown" or a reason); `filters.<name>` in the config decides whether a failing verdict
 drops the row or only annotates it.
 
-- basic: non-empty prompt and response, finished normally, no media placeholders.
+- basic (the paper's): finished normally, no media placeholders.
+- empty: non-empty prompt and response.
 - dedup: exact and near-duplicate prompts (MinHash LSH over character 5-grams).
 - language_id: a fastText LID model (GlotLID by default; fastText lid.176 bundled for
-  offline runs) must see the target language in prompt and response.
+  offline runs) must see the language each side's task expects: the target language in
+  prompts, and in responses except where the prompt asks for a translation.
 - decontamination: no n-gram shared with that language's evaluation sets.
 """
 
@@ -16,7 +18,7 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from langcodes.data_dicts import MACROLANGUAGES
 from kakugo.languages import Language
 
 OK, UNKNOWN = "ok", "unknown"
-FILTERS = ("basic", "dedup", "language_id", "decontamination")
+FILTERS = ("basic", "empty", "dedup", "language_id", "decontamination")
 MEDIA_RE = re.compile(
     r"<\|?\s*(image|video|audio)[^>]{0,20}\|?>|\[\s*(image|video|audio)\s*(\d+|placeholder)?\s*\]",
     re.IGNORECASE)
@@ -41,16 +43,24 @@ class FilterSetupError(ValueError):
 
 def basic_verdict(prompt: str | None, response: str | None, finish_reason: str,
                   error: str) -> str:
+    """The paper's filter: only replies that finished normally ("stop"), with string
+    prompt and response and no media placeholders."""
     if error:
         return "engine_error"
     if finish_reason != "stop":
         return "unfinished"
-    if not isinstance(prompt, str) or not prompt.strip():
-        return "empty_prompt"
-    if not isinstance(response, str) or not response.strip():
-        return "empty_response"
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        return "not_a_string"
     if MEDIA_RE.search(prompt) or MEDIA_RE.search(response):
         return "media_placeholder"
+    return OK
+
+
+def empty_verdict(prompt: str | None, response: str | None) -> str:
+    if not prompt or not prompt.strip():
+        return "empty_prompt"
+    if not response or not response.strip():
+        return "empty_response"
     return OK
 
 
@@ -177,7 +187,9 @@ class LanguageIdentifier:
 
     def verdict(self, texts: list[str], lang: Language,
                 min_confidence: float) -> tuple[str, float]:
-        """("ok" | "unknown" | "wrong:<detected>", lowest confidence over the texts)."""
+        """("ok" | "unknown" | "wrong:<detected>" | "uncertain:<detected>", lowest
+        confidence over the texts): uncertain when the language the model sees first is
+        the right one, but with less than `min_confidence`."""
         if not self.covers(lang):
             return UNKNOWN, 0.0
         lowest, worst = 1.0, ""
@@ -187,7 +199,8 @@ class LanguageIdentifier:
                 lowest, worst = score, text
         if lowest >= min_confidence:
             return OK, lowest
-        return f"wrong:{self.detect(worst)[0][0]}", lowest
+        top = self.detect(worst)[0][0]
+        return f"{'uncertain' if top in _accepted(lang) else 'wrong'}:{top}", lowest
 
 
 # --------------------------------------------------------------------------- decontamination
@@ -202,32 +215,92 @@ def ngrams(text: str, n: int, script: str) -> set[int]:
     return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
 
 
-def eval_texts(lang: Language, data_dir: Path | None) -> Iterator[tuple[str, str]]:
-    """(source, text) of the language's evaluation sets found in the local data folder:
-    FLORES-200 dev/devtest, SIB-200 (all splits: its texts are FLORES sentences) and
-    Belebele (`belebele/{flores_code}.jsonl`, passages and questions)."""
+# The evaluation sets whose texts no generated row may share an n-gram with: (splits, text
+# fields) of their hub datasets (kakugo.languages.EVAL_HUB_DATASETS)
+DECONTAMINATION_SETS = {
+    "flores200": (("dev", "devtest"), ("text",)),
+    "sib200": (("train", "validation", "test"), ("text",)),  # its texts are FLORES sentences
+    "belebele": (("test",), ("flores_passage", "question")),
+}
+
+
+def _local_eval_texts(name: str, lang: Language,
+                      data_dir: Path | None) -> list[tuple[str, str]] | None:
+    """(source, text) of one set from the local data folder; None if it has no copy."""
     if data_dir is None:
-        return
-    code = lang.flores_code
-    for split in ("dev", "devtest"):
-        path = data_dir / "flores200" / split / f"{code}.{split}"
-        if path.is_file():
-            yield from ((f"flores200/{split}", line) for line in path.read_text().splitlines())
-    for split in ("train", "dev", "test"):
-        path = data_dir / "sib200" / code / f"{split}.tsv"
-        if path.is_file():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                yield from ((f"sib200/{split}", row["text"]) for row in reader)
-    path = data_dir / "belebele" / f"{code}.jsonl"
-    if path.is_file():
+        return None
+    code, out = lang.flores_code, []
+    if name == "flores200":
+        for split in ("dev", "devtest"):
+            path = data_dir / "flores200" / split / f"{code}.{split}"
+            if path.is_file():
+                out += [(f"flores200/{split}", line) for line in path.read_text().splitlines()]
+    elif name == "sib200":
+        for split in ("train", "dev", "test"):
+            path = data_dir / "sib200" / code / f"{split}.tsv"
+            if path.is_file():
+                with path.open(newline="") as f:
+                    reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                    out += [(f"sib200/{split}", row["text"]) for row in reader]
+    elif name == "belebele":
         import json
 
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                yield "belebele", record.get("flores_passage", "")
-                yield "belebele", record.get("question", "")
+        path = data_dir / "belebele" / f"{code}.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    out += [("belebele", record.get(f, "")) for f in ("flores_passage", "question")]
+    return out or None
+
+
+def _hub_eval_texts(name: str, lang: Language) -> list[tuple[str, str]]:
+    """(source, text) of one set from its hub dataset (the language's config)."""
+    from datasets import load_dataset
+
+    from kakugo.languages import EVAL_HUB_DATASETS
+
+    splits, fields = DECONTAMINATION_SETS[name]
+    out = []
+    for split in splits:
+        dataset = load_dataset(EVAL_HUB_DATASETS[name], lang.flores_code, split=split)
+        for field in fields:
+            out += [(f"{name}/{split}", text) for text in dataset[field] if text]
+    return out
+
+
+def eval_texts(lang: Language, data_dir: Path | None) -> tuple[list[tuple[str, str]],
+                                                                dict[str, str]]:
+    """(source, text) of the language's evaluation sets (FLORES-200 dev/devtest, SIB-200,
+    Belebele passages and questions), and where each set was read from ("local", "hub"
+    or "not covered"). A set is read from the local data folder when it has a copy, else
+    from the hub; a set that may cover the language and cannot be read is an error:
+    decontamination never passes for want of its data."""
+    from kakugo.languages import coverage
+
+    covered = coverage(lang, data_dir)
+    texts: list[tuple[str, str]] = []
+    where: dict[str, str] = {}
+    for name in DECONTAMINATION_SETS:
+        if covered.get(name) is False:
+            where[name] = "not covered"
+            continue
+        local = _local_eval_texts(name, lang, data_dir)
+        if local is not None:
+            texts += local
+            where[name] = "local"
+            continue
+        try:
+            texts += _hub_eval_texts(name, lang)
+        except Exception as exc:  # offline, gated, not found: say which set and why
+            raise FilterSetupError(
+                f"decontamination of {lang.flores_code} needs the {name} texts, which are "
+                f"neither in the local evaluation data ({data_dir or 'none set'}: "
+                "evaluation.data_dir or KAKUGO_DATA_DIR) nor readable from the hub "
+                f"({type(exc).__name__}: {str(exc)[:300]}); give a local copy, allow hub "
+                "access, or set filters.decontamination: off") from exc
+        where[name] = "hub"
+    return texts, where
 
 
 class ContaminationIndex:
@@ -237,7 +310,8 @@ class ContaminationIndex:
         self.n, self.script = n, lang.script
         self.sources: dict[int, str] = {}
         self.counts: dict[str, int] = {}
-        for source, text in eval_texts(lang, data_dir):
+        texts, self.where = eval_texts(lang, data_dir)
+        for source, text in texts:
             self.counts[source] = self.counts.get(source, 0) + 1
             for gram in ngrams(text, n, lang.script):
                 self.sources.setdefault(gram, source)

@@ -31,7 +31,7 @@ from kakugo.generate.stage import Stage, flat_map, frame
 from kakugo.generate.translate import load_source, translation_requests
 from kakugo.languages import Language, eval_data_dir
 from kakugo.models import ModelSource
-from kakugo.storage import Storage
+from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.generate")
 
@@ -55,18 +55,40 @@ class GenerationStage(Stage):
                  len(sources))
         return sources
 
+    def read_inputs(self) -> dict[str, str]:
+        """Read each language's own inputs (its context texts) before any engine work, and
+        leave out of the stage the languages whose inputs cannot be read: {code: error}.
+        The shared inputs (the teacher, the English set) fail the whole stage instead."""
+        if self.is_done("seeds"):
+            return {}
+        ctx = self.config.generation.contexts
+        data_dir = eval_data_dir(self.config.evaluation.data_dir)
+        failed: dict[str, str] = {}
+        for lang in self.languages:
+            try:
+                self._texts[lang.flores_code] = list(
+                    iter_texts(ctx.source, lang, data_dir, ctx.max_texts))
+            except StorageError:  # the output root or the source's store is down: not
+                raise             # this language's fault
+            except Exception as exc:  # noqa: BLE001 - e.g. no FineWeb-2 config, no file
+                failed[lang.flores_code] = (f"context texts ({ctx.source}) cannot be read: "
+                                            f"{type(exc).__name__}: {exc}")
+                log.error("generate: %s left out: %s", lang.flores_code,
+                          failed[lang.flores_code])
+        self.keep([lang for lang in self.languages if lang.flores_code not in failed])
+        return failed
+
     def build_seeds(self):
         import ray
         from transformers import AutoTokenizer
 
         ctx = self.config.generation.contexts
-        data_dir = eval_data_dir(self.config.evaluation.data_dir)
         tokenizer = None
         sources = self.translation_sources()
         parts = []
         for lang in self.languages:
             rows = rq.seed_requests(lang.flores_code, lang.name, self.config)
-            texts = list(iter_texts(ctx.source, lang, data_dir, ctx.max_texts))
+            texts = self._texts[lang.flores_code]
             if texts:
                 if tokenizer is None:
                     student = ModelSource.parse(self.config.student.model).materialize()
@@ -146,5 +168,10 @@ class GenerationStage(Stage):
 
 
 def generate(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
-    """Run (or resume) the generation stage for a batch; returns per-step manifests."""
-    return GenerationStage(config, languages, storage).run()
+    """Run (or resume) the generation stage for a batch; returns per-step manifests, and
+    under "failed" the languages whose own inputs could not be read (left out; the others
+    go on)."""
+    stage = GenerationStage(config, languages, storage)
+    failed = stage.read_inputs()
+    out = stage.run() if stage.languages else {}
+    return {**out, "failed": failed}

@@ -9,6 +9,7 @@ A request row carries everything an engine pass needs and everything the next st
   carried through untouched).
 A prompt row (what the responses are written for) carries:
   id, language, language_name, category, source_step, parent_id, prompt, context,
+  task (what a context prompt asks for, e.g. "translate"; "" for other prompts),
   revise (selected for revision), revised (the prompt is the teacher's rewrite),
   original_prompt.
 Ids are stable: derived from the language, the step and the parent's id and position, so
@@ -31,7 +32,7 @@ REQUEST_COLUMNS = ("id", "language", "language_name", "category", "step", "paren
                    "specific", "item", "context", "n", "schema", "max_tokens", "system", "user",
                    "meta")
 PROMPT_COLUMNS = ("id", "language", "language_name", "category", "source_step", "parent_id",
-                  "prompt", "context", "revise", "revised", "original_prompt")
+                  "prompt", "context", "task", "revise", "revised", "original_prompt")
 
 REVISIONS = (
     "sounds more natural, the way a native speaker would really write it",
@@ -207,7 +208,9 @@ def prompt_rows(out: Row, config: RunConfig) -> list[Row]:
         {"id": stable_id(out["id"], position), "language": out["language"],
          "language_name": out["language_name"], "category": out["category"],
          "source_step": out["step"], "parent_id": out["id"], "prompt": text,
-         "context": out["context"], "revise": False, "revised": False, "original_prompt": ""}
+         "context": out["context"],
+         "task": out["seed"] if out["step"] == "context_prompts" else "",
+         "revise": False, "revised": False, "original_prompt": ""}
         for position, text in items if text.strip()
     ]
 
@@ -228,7 +231,7 @@ def revise_request(prompt: Row) -> Row:
     return make_request(language=prompt["language"], language_name=name, category=prompt["category"],
                 step="revise", parent_id=prompt["id"], position=0, item=prompt["prompt"],
                 seed=prompt["source_step"], specific=True, n=1, context=prompt["context"],
-                system=writer_system(name),
+                meta={"task": prompt.get("task", "")}, system=writer_system(name),
                 user=render("revise", prompt=prompt["prompt"], revision_instruction=instruction,
                             language=name))
 
@@ -240,6 +243,7 @@ def revised_prompt(out: Row) -> Row:
             "language_name": out["language_name"], "category": out["category"],
             "source_step": out["seed"], "parent_id": out["parent_id"],
             "prompt": out["items"][0] if ok else out["item"], "context": out["context"],
+            "task": json.loads(out["meta"] or "{}").get("task", ""),
             "revise": True, "revised": bool(ok), "original_prompt": out["item"]}
 
 
@@ -251,6 +255,7 @@ def response_request(prompt: Row) -> Row:
                step="respond", parent_id=prompt["parent_id"], position=0, item=prompt["prompt"],
                seed=prompt["source_step"], specific=False, n=0, context=prompt["context"],
                system=render("responder_system", language=name), user=user,
-               meta={"revised": prompt["revised"], "original_prompt": prompt["original_prompt"]})
+               meta={"revised": prompt["revised"], "original_prompt": prompt["original_prompt"],
+                     "task": prompt.get("task", "")})
     row["id"] = prompt["id"]  # a response has the id of its prompt
     return row

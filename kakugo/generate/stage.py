@@ -60,6 +60,12 @@ class Stage:
         self.digest = config.digest(*self.config_sections)
         self._teacher_path: str | None = None
         self._teacher: Teacher | None = None
+        self._texts: dict[str, list[str]] = {}  # a stage's per-language inputs, read once
+
+    def keep(self, languages: list[Language]) -> None:
+        """Run the stage for these languages only (the others failed before it started)."""
+        self.languages = languages
+        self.codes = [lang.flores_code for lang in languages]
 
     # ------------------------------------------------------------------ bookkeeping
     def folder(self, step: str) -> str:

@@ -1,19 +1,25 @@
 """Stage 3: an English instruction set translated by the teacher, and the rules a
 translation must pass to be kept.
 
-Source: `BAAI/Infinity-Instruct` (config `7M_core`, streamed from the hub, English rows
-only), a local/S3 jsonl or parquet of conversations in the same shape ("conversations":
-[{"from": "human"|"gpt", "value": ...}] or "messages": [{"role", "content"}]), or
-`embedded:english-instructions` (a small set shipped with the package for offline runs).
-Rows are shuffled with the run's seed; rows over `max_source_tokens` teacher tokens are
-dropped; the same source rows are translated into every language of a batch.
+Source: `BAAI/Infinity-Instruct` (config `7M_core`, English rows only; any hub dataset id,
+or a local folder of data files, loaded with `datasets.load_dataset`), a local/S3 jsonl or
+parquet of conversations in the same shape ("conversations": [{"from": "human"|"gpt",
+"value": ...}] or "messages": [{"role", "content"}]), or `embedded:english-instructions` (a
+small set shipped with the package for offline runs).
+
+The rows are a uniform sample of the whole source, drawn with the run's seed: row indices
+in a seeded random order over the source's known size, each row taken if it is English
+and within `max_source_tokens` teacher tokens, until `rows` are taken. The same seed gives
+the same rows; the same rows are translated into every language of a batch. A hub source
+is downloaded once into the Hugging Face cache (memory-mapped, read by index), not
+streamed: a stream can only be sampled from its first rows.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -23,7 +29,6 @@ from kakugo.prompts import render
 from kakugo.storage import Storage
 
 EMBEDDED_SOURCE = "embedded:english-instructions"
-HUB_SHUFFLE_BUFFER = 10_000
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # The rules a translated row must pass, in the order they are checked.
 RULES = ("unfinished", "parse", "fields", "roles", "utf8", "turn_count", "token_ratio")
@@ -87,41 +92,64 @@ def _local_records(source: str) -> list[dict[str, Any]]:
     return records
 
 
-def _hub_records(cfg: TranslationConfig, seed: int) -> Iterable[dict[str, Any]]:
+def _dataset_records(cfg: TranslationConfig) -> Sequence[dict[str, Any]]:
+    """A hub dataset (or a local folder of data files) with random access by index."""
     from datasets import load_dataset
 
-    stream = load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=True)
-    return stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+    try:
+        return load_dataset(cfg.source, cfg.subset, split=cfg.split)
+    except Exception as exc:  # offline, gated, no such config or split: say which and why
+        raise TranslationSourceError(
+            f"translation.source {cfg.source} (subset {cfg.subset}, split {cfg.split}) "
+            f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
-def is_local_source(source: str) -> bool:
-    return source == EMBEDDED_SOURCE or source.startswith(("s3://", "/", ".")) or \
-        source.endswith((".jsonl", ".json", ".parquet"))
+def is_file_source(source: str) -> bool:
+    return source == EMBEDDED_SOURCE or source.endswith((".jsonl", ".json", ".parquet"))
+
+
+def seeded_order(total: int, seed: int) -> Iterator[int]:
+    """0..total-1 in a uniform random order drawn with `seed`, lazily: the first k form a
+    uniform sample of k indices, without holding a permutation of `total` in memory."""
+    rng = random.Random(seed)
+    seen: set[int] = set()
+    while len(seen) < total // 2:
+        index = rng.randrange(total)
+        if index not in seen:
+            seen.add(index)
+            yield index
+    rest = [i for i in range(total) if i not in seen]  # the tail: a shuffle of what is left
+    rng.shuffle(rest)
+    yield from rest
+
+
+def sample_conversations(records: Sequence[dict[str, Any]], cfg: TranslationConfig,
+                         seed: int, count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+    """Up to `cfg.rows` English conversations within the token limit, a uniform seeded
+    sample of `records`: {"source_id", "turns", "source_index"}."""
+    rows = []
+    for index in seeded_order(len(records), seed):
+        record = records[index]
+        if not _is_english(record):
+            continue
+        turns = to_turns(record, f"translation.source {cfg.source} row {index + 1}")
+        if not turns or sum(count_tokens(t["content"]) for t in turns) > cfg.max_source_tokens:
+            continue
+        rows.append({"source_id": stable_id("translation", json.dumps(turns, sort_keys=True)),
+                     "turns": turns, "source_index": index})
+        if len(rows) == cfg.rows:
+            break
+    return rows
 
 
 def load_source(cfg: TranslationConfig, seed: int,
                 count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
-    """Up to `cfg.rows` English conversations: {"source_id", "turns"}, shuffled by seed."""
+    """Up to `cfg.rows` English conversations, a uniform sample drawn with `seed`."""
     if cfg.rows == 0:
         return []
-    if is_local_source(cfg.source):
-        local = _local_records(cfg.source)
-        random.Random(seed).shuffle(local)
-        records: Iterable[dict[str, Any]] = local
-    else:
-        records = _hub_records(cfg, seed)
-    rows = []
-    for number, record in enumerate(records, 1):
-        if not _is_english(record):
-            continue
-        turns = to_turns(record, f"translation.source {cfg.source} row {number}")
-        if not turns or sum(count_tokens(t["content"]) for t in turns) > cfg.max_source_tokens:
-            continue
-        rows.append({"source_id": stable_id("translation", json.dumps(turns, sort_keys=True)),
-                     "turns": turns})
-        if len(rows) == cfg.rows:
-            break
-    return rows
+    records = (_local_records(cfg.source) if is_file_source(cfg.source)
+               else _dataset_records(cfg))
+    return sample_conversations(records, cfg, seed, count_tokens)
 
 
 def conversation_schema(n_turns: int) -> dict[str, Any]:

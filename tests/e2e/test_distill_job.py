@@ -249,9 +249,11 @@ def test_rows_are_labelled_and_finished_list_replies_parse(run):
                 assert len(row["items"]) == row["n"]
     for row in rows(run, "respond"):
         assert row["category"] in {"topic", "scenario", "context"}
-        assert set(json.loads(row["meta"])) == {"revised", "original_prompt"}
+        assert set(json.loads(row["meta"])) == {"revised", "original_prompt", "task"}
         if row["category"] == "context":
             assert row["context"] and row["user"].startswith(row["context"])
+            assert json.loads(row["meta"])["task"] in ("translate", "summarize", "improve",
+                                                       "classify", "qa")
 
 
 def test_the_stopped_job_was_stopped_mid_generation(run):
@@ -361,7 +363,7 @@ def test_translations_are_checked_and_every_candidate_has_a_verdict(run):
     assert len(translated) == len(LANGS) * 8
     assert all(r["translation"] for r in translated)
     for r in candidates:
-        assert r["basic"] and r["decontamination"]
+        assert r["basic"] and r["empty"] and r["decontamination"]
         assert r["language_id"] in ("", "ok", "unknown") or r["language_id"].startswith("wrong:")
         assert r["dedup"] or r["reject"]
 

@@ -42,7 +42,7 @@ def serve_port(ray_cluster) -> int:
 COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
 OVERRIDES = [
     *TINY_STUDENT, "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
-    "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=72",
+    "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=96",
     "training.epochs=3", "training.report_every_steps=2", "training.checkpoint_every_steps=6",
     "training.validation_fraction=0.1", "training.keep_checkpoints=2",
     "training.gradient_checkpointing=true",  # as paper.yaml (the e2e job trains without)
@@ -50,15 +50,17 @@ OVERRIDES = [
 
 
 def learnable_rows(n: int = 60) -> list[dict]:
-    """A set a tiny model can learn: the answer is fixed by the question."""
+    """A set a tiny model can learn: the answer is fixed by the question, and comes after a
+    reasoning block in think tags, as in the SFT rows of generated data."""
     rows = []
     for i in range(n):
         colour = COLOURS[i % 4]
+        answer = f"<think>\nDath {i % 4}.\n</think>\n\nIs e {colour} an dath."
         rows.append({"id": f"row-{i:03d}", "language": "gla_Latn", "category": "topic",
                      "kind": "generated", "messages": [
                          {"role": "system", "content": "Freagair."},
                          {"role": "user", "content": f"Dath {i % 4}?"},
-                         {"role": "assistant", "content": f"Is e {colour} an dath."}]})
+                         {"role": "assistant", "content": answer}]})
     return rows
 
 

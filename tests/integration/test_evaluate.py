@@ -25,7 +25,7 @@ def evaluated(served, trained, data_dir, tmp_path_factory):
     data = fixture_data_dir(tmp_path_factory.mktemp("eval"), data_dir)
     config = load_config("configs/tiny-cpu.yaml", [
         *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
-        f"evaluation.tasks={TASKS}", "evaluation.limit=4", "evaluation.max_gen_tokens=16",
+        f"evaluation.tasks={TASKS}", "evaluation.limit=4", "evaluation.max_gen_tokens=40",
         "evaluation.num_fewshot=3",  # the paper's (tiny-cpu.yaml evaluates 0-shot)
         f"evaluation.url={served['url']}"])
     langs = [resolve("gd", data), resolve("yo", data)]
@@ -76,3 +76,26 @@ def test_rerun_reuses_every_finished_result(evaluated, monkeypatch):
     monkeypatch.setattr(runner, "run_lm_eval", no_lm_eval)
     again = runner.evaluate(evaluated["config"], evaluated["langs"], evaluated["storage"])
     assert again["rows"] == evaluated["summary"]["rows"]
+
+
+def test_a_student_that_thinks_is_scored_on_its_answer_and_both_decode_alike(evaluated):
+    """The tuned student was trained on rows that think inside <think> tags first: its
+    translations open with that block, which is removed before chrF++; the base and the
+    tuned student are decoded alike, and the results say how."""
+    storage = evaluated["storage"]
+    tuned = storage.read_json("eval/gla_Latn/kakugo-gla/flores_xx_en.json")
+    base = storage.read_json("eval/gla_Latn/tiny-granite/flores_xx_en.json")
+    assert tuned["decoding"] == base["decoding"]
+    assert tuned["decoding"]["sampling"] == "greedy"
+    assert tuned["decoding"]["repetition_penalty"] == 1.0
+    assert tuned["examples"] and base["examples"]
+    for example in tuned["examples"]:
+        assert example["reply"].startswith("<think>"), example  # it thinks first, as trained
+        assert "think>" not in example["answer"] and "\n" not in example["answer"]
+        if "</think>" in example["reply"]:  # the answer is the first line after the block
+            after = example["reply"].rsplit("</think>", 1)[1].strip().splitlines()
+            assert example["answer"] == (after[0].strip() if after else "")
+        else:  # still reasoning when its tokens ran out (the tiny student often never
+            assert example["answer"] == ""  # closes its block): nothing to score
+    assert "decode the base and the tuned student alike: greedy" in storage.read_text(
+        "eval/results.md")

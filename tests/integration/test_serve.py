@@ -27,7 +27,7 @@ def test_models_are_listed_by_name(client):
 
 def test_chat_with_the_teacher_and_both_students(client):
     question = [{"role": "system", "content": "Freagair."}, {"role": "user", "content": "Dath 1?"}]
-    tuned = client.chat.completions.create(model=TUNED, messages=question, max_tokens=12,
+    tuned = client.chat.completions.create(model=TUNED, messages=question, max_tokens=32,
                                            temperature=0)
     answer = tuned.choices[0].message.content
     assert re.search(ANSWER, answer), answer  # the sentence it was trained on

@@ -17,11 +17,27 @@ def test_every_shipped_config_loads(path):
     assert isinstance(config, RunConfig)
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The sections whose values the paper gives (checked below) and the ones it does not:
+# where and how a run goes, not what it computes. A new section must join one of them.
+PAPER_SECTIONS = {"teacher", "student", "generation", "translation", "filters", "dataset",
+                  "training", "evaluation", "publish", "cluster"}
+NOT_THE_PAPERS = {"name", "languages", "output", "seed", "serving", "progress_every_s"}
+
+
+def test_every_section_is_either_the_papers_or_not():
+    assert PAPER_SECTIONS | NOT_THE_PAPERS == set(RunConfig.model_fields)
+    assert not PAPER_SECTIONS & NOT_THE_PAPERS
+
+
 def test_paper_config_holds_the_paper_numbers():
-    c = load_config(Path(__file__).resolve().parents[2] / "configs" / "paper.yaml")
-    assert c.teacher.model == "openai/gpt-oss-120b"
+    c = load_config(CONFIG_DIR / "paper.yaml")
+    # teacher and student
+    assert c.teacher.model == "openai/gpt-oss-120b" and c.teacher.reasoning == "gpt_oss"
     assert c.teacher.sampling.temperature == 1.0 and c.teacher.sampling.max_tokens == 2048
+    assert c.teacher.sampling.top_p == 1.0
     assert c.student.model == "ibm-granite/granite-4.0-micro"
+    # generation
     t = c.generation.topics
     assert (len(t.general_seeds), len(t.language_seeds)) == (8, 8)
     assert (t.macro_topics_per_seed, t.topics_per_macro_topic) == (20, 10)
@@ -29,13 +45,23 @@ def test_paper_config_holds_the_paper_numbers():
     s = c.generation.scenarios
     assert (s.broad_scenarios, s.detailed_per_broad, s.prompts_per_scenario) == (30, 30, 5)
     ctx = c.generation.contexts
+    assert ctx.source == "fineweb2"
     assert (ctx.max_texts, ctx.max_text_tokens, ctx.prompts_per_text) == (10000, 1000, 3)
     assert ctx.task_weights["qa"] * 2 == sum(ctx.task_weights.values())  # half are QA
     assert c.generation.revision_fraction == 0.5
+    # translation
     tr = c.translation
     assert (tr.source, tr.subset, tr.rows, tr.max_source_tokens) == (
         "BAAI/Infinity-Instruct", "7M_core", 15000, 2048)
     assert (tr.min_token_ratio, tr.max_token_ratio) == (0.75, 25.0)
+    # filters: the paper's drop, ours annotate only
+    f = c.filters
+    assert f.basic == "drop"
+    assert (f.empty, f.dedup, f.language_id, f.decontamination) == ("annotate",) * 4
+    # dataset: the full variant; generated rows think in tags, translated ones are concise
+    assert c.dataset.token_budget is None
+    assert "<think>" in c.dataset.think_system_prompt
+    # training: LLaMA-Factory's recipe on 8 RTX 3090s
     tn = c.training
     assert (tn.zero_stage, tn.precision, tn.learning_rate, tn.lr_scheduler) == (
         3, "bf16", 1e-5, "cosine")
@@ -44,7 +70,36 @@ def test_paper_config_holds_the_paper_numbers():
     assert (tn.num_workers, tn.cutoff_len, tn.packing, tn.validation_fraction) == (
         8, 8000, True, 0.02)
     assert tn.repetition_penalty == 1.05
+    assert c.cluster.training_accelerator_type == "RTX3090"
+    # evaluation: the four benchmarks, both FLORES directions, 3-shot
+    assert c.evaluation.tasks == ["belebele", "sib200", "global_mmlu", "flores_en_xx",
+                                  "flores_xx_en"]
     assert c.evaluation.num_fewshot == 3
+    # the released names
+    assert (c.publish.dataset_repo, c.publish.model_repo) == ("kakugo-{iso639_3}",
+                                                              "kakugo-3B-{iso639_3}")
+
+
+def test_the_improved_recipe_is_the_paper_with_our_filters_dropping():
+    paper = load_config(CONFIG_DIR / "paper.yaml").model_dump()
+    improved = load_config(CONFIG_DIR / "improved.yaml").model_dump()
+    assert {k for k in paper if paper[k] != improved[k]} == {"name", "filters"}
+    changed = {k for k in paper["filters"] if paper["filters"][k] != improved["filters"][k]}
+    assert changed == {"empty", "dedup", "language_id", "decontamination"}
+    assert {improved["filters"][k] for k in changed} == {"drop"}
+
+
+def test_a_config_extends_another_and_refuses_loops(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 7\ntraining: {learning_rate: 2.0e-5, epochs: 2}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntraining: {epochs: 3}\n")
+    c = load_config(tmp_path / "child.yaml")
+    assert (c.seed, c.training.learning_rate, c.training.epochs) == (7, 2e-5, 3)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone.yaml does not exist \(extended by"):
+        load_config(tmp_path / "orphan.yaml")
 
 
 def test_dotted_override_changes_the_field():

@@ -48,3 +48,52 @@ def test_kept_and_rejected_rows_are_split_per_language(tmp_path, data_dir, monke
     assert first["messages"][2]["content"].startswith("<think>\nsmaoin\n</think>")
     assert all(r["reject"].startswith("dedup") for r in rejected)
     assert stats["rows"] == len(kept) and stats["candidates"] == 11
+    assert stats["filters"]["dedup"] == {"action": "drop", "dropped": 4, "annotated": 0}
+    assert stats["rows_with_trace"] == len(kept) and stats["token_budget"] is None
+
+
+def test_the_token_limited_variant_fills_its_budget_with_answers_first(tmp_path, data_dir):
+    from kakugo.generate.assemble import TokenCounter, sft_messages
+    from kakugo.models import ModelSource
+
+    storage = Storage(str(tmp_path))
+    rows = [candidate(i, "gla_Latn", "") | {"response": f"freagairt {i}",
+                                            "reasoning": "smaoin " * 40,
+                                            "language_id": "wrong:eng"}
+            for i in range(10)]
+    storage.write_parquet("assemble/candidates/language=gla_Latn/part-0.parquet",
+                          pa.Table.from_pylist([{k: v for k, v in r.items() if k != "language"}
+                                                for r in rows]))
+    config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}",
+                                                   "filters.language_id=annotate"])
+    count = TokenCounter(ModelSource.parse(config.student.model).materialize())
+    answers = count([sft_messages(r, config, trace=False) for r in rows])
+    traced = count([sft_messages(r, config) for r in rows])
+    budget = sum(answers) + (traced[0] - answers[0]) + 5  # every answer, about one trace
+    config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}",
+                                                   "filters.language_id=annotate",
+                                                   f"dataset.token_budget={budget}"])
+    lang = resolve("gd", data_dir)
+    stats = AssembleStage(config, [lang], storage).write_language(lang)
+    kept = pads.dataset(storage.path("gla_Latn/dataset/data"), format="parquet",
+                        filesystem=storage.fs).to_table().to_pylist()
+    assert len(kept) == 10 and stats["rows_with_trace"] == 1
+    with_trace = [r for r in kept if r["messages"][2]["content"].startswith("<think>")]
+    assert len(with_trace) == 1
+    used = count([list(r["messages"]) for r in kept])
+    assert sum(used) == stats["budget_tokens_used"] <= budget
+    # the annotating filter flagged every row and dropped none
+    assert stats["filters"]["language_id"] == {"action": "annotate", "dropped": 0,
+                                               "annotated": 10}
+    card = storage.read_text("gla_Latn/dataset/README.md")
+    assert f"a budget of {budget} training tokens" in card
+    # a budget too small for every answer leaves rows out, as rejects that say why
+    small = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}",
+                                                  "filters.language_id=annotate",
+                                                  f"dataset.token_budget={sum(answers[:4])}"])
+    stats = AssembleStage(small, [lang], storage).write_language(lang)
+    rejected = pads.dataset(storage.path("gla_Latn/dataset/rejects"), format="parquet",
+                            filesystem=storage.fs).to_table().to_pylist()
+    assert stats["rows"] + len(rejected) == 10 and stats["rows_with_trace"] == 0
+    assert {r["reject"] for r in rejected} == {"token_budget"}
+    assert stats["rejects"] == {"token_budget": len(rejected)}

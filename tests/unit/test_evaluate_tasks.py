@@ -135,3 +135,25 @@ def test_corpus_chrfpp_equals_the_sacrebleu_command_line(tmp_path):
                          capture_output=True, text=True, check=True)
     ours = corpus_chrfpp([chrfpp([r], [h]) for r, h in zip(refs, hyps, strict=True)])
     assert round(ours, 1) == float(out.stdout.strip())
+
+
+def test_flores_scores_the_answer_after_a_reasoning_block(rendered):
+    """The FLORES task as lm-eval builds it: greedy, the run's repetition penalty, no
+    newline stop, and its filter keeps the first line after a <think> block."""
+    _, _, task_dir = rendered
+    task = build(["kakugo_flores_xx_en_gla_Latn"], task_dir)["kakugo_flores_xx_en_gla_Latn"]
+    kwargs = task.config.generation_kwargs
+    assert (kwargs["temperature"], kwargs["repetition_penalty"], kwargs["until"]) == (0.0, 1.0, [])
+    (ensemble,) = task._filters
+    docs = task.test_docs()
+    replies = [["<think>\nThe user wants English.\nEasy.\n</think>\n\nIt is cold today.\nMore"],
+               ["It is raining.\n<think>late</think>"],
+               ["<think>\nstill thinking when the tokens ran out"],
+               ["\n  Plain answer  \nsecond line"]]
+    from lm_eval.api.instance import Instance
+
+    instances = [Instance("generate_until", doc, ("", {}), 0, resps=reply)
+                 for doc, reply in zip(docs, replies, strict=False)]
+    ensemble.apply(instances)
+    assert [i.filtered_resps["none"] for i in instances] == [
+        "It is cold today.", "It is raining.", "", "Plain answer"]

@@ -36,7 +36,10 @@ def write_outputs(root: Path, config, lang) -> None:
     pq.write_table(pa.table({"reject": ["basic/unfinished"]}), data / "rejects" / "r.parquet")
     stats = {"rows": 1, "categories": {"topic": 1}, "candidates": 2,
              "rejects": {"basic/unfinished": 1}, "language_id": {"ok": 1},
-             "generation_tokens": 10, "engine_seconds": 1.0, "accelerator": "CPU"}
+             "generation_tokens": 10, "engine_seconds": 1.0, "accelerator": "CPU",
+             "filters": {"basic": {"action": "drop", "dropped": 1, "annotated": 0}},
+             "decontaminated_against": {"flores200": "local"}, "rows_with_trace": 1,
+             "token_budget": None, "budget_tokens_used": None}
     (data / "README.md").write_text(dataset_card(lang, config, stats))
     (data / "dataset_info.json").write_text(json.dumps({"kakugo_gd": {"file_name": "data"}}))
     model = root / lang.flores_code / "model"

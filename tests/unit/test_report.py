@@ -20,8 +20,11 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
             "gla_Latn": {"rows": 20, "device_seconds": 2400.0, "prompt_tokens": 100,
                          "completion_tokens": 50, "reasoning_tokens": 30},
             "cym_Latn": {"rows": 10, "device_seconds": 1200.0}}})
+    checks = {"basic": {"action": "drop", "dropped": 4, "annotated": 0},
+              "language_id": {"action": "annotate", "dropped": 0, "annotated": 6},
+              "dedup": {"action": "off", "dropped": 0, "annotated": 0}}
     storage.write_json("assemble/dataset/_manifest.json", {"device": "CPU", "languages": {
-        "gla_Latn": {"rows": 15, "device_seconds": 36.0},
+        "gla_Latn": {"rows": 15, "device_seconds": 36.0, "filters": checks},
         "cym_Latn": {"rows": 2, "device_seconds": 36.0}}})
     storage.write_json("train/gla_Latn/_manifest.json", {
         "device": "H200", "device_seconds": 7200.0, "total_steps": 4, "train_rows": 9,
@@ -41,6 +44,13 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
                                      "reasoning": 30 * steps}
     assert cym["teacher_tokens"] == {"prompt": 0, "completion": 0, "reasoning": 0}
     assert gla["training"]["served_as"] == "kakugo-gla"
+    assert gla["filters"] == checks and cym["filters"] == {}
+    from kakugo.report import render_markdown
+
+    markdown = render_markdown(report)
+    assert "| gla_Latn | basic | drop | 4 | 0 |" in markdown
+    assert "| gla_Latn | language_id | annotate | 0 | 6 |" in markdown
+    assert "| gla_Latn | dedup |" not in markdown  # off: not run
     assert gla["training"]["steps"] == 4 and gla["training"]["val_loss"] == 1.7
     steps = len(GenerationStage.steps)
     assert {k: v for k, v in gla["usd"].items() if k != "total"} == {

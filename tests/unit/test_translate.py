@@ -125,3 +125,50 @@ def test_embedded_source_and_requests_carry_the_count_exact_schema():
     assert four["max_tokens"] == 300 and four["category"] == "translation"
     assert "Scottish Gaelic" in four["user"] and "Scottish Gaelic" in four["system"]
     assert len({r["id"] for r in requests}) == len(requests)
+
+
+def test_a_dataset_source_is_sampled_uniformly_by_index_with_the_seed(tmp_path):
+    """A folder of parquet files loaded as the hub's datasets are (`load_dataset`, random
+    access by index): the sample covers the whole set, not its first rows, is the same for
+    the same seed and skips non-English and too-long rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "english-set"
+    folder.mkdir()
+    for part in range(4):  # 4 files of 250 rows; a stream would start with part 0
+        rows = []
+        for i in range(part * 250, (part + 1) * 250):
+            rows.append({"conversations": [
+                {"from": "human", "value": f"question {i}" + (" long" * 50 if i % 7 == 0 else "")},
+                {"from": "gpt", "value": f"answer {i}"}],
+                "langdetect": "zh" if i % 11 == 0 else "en"})
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"train-{part:05d}.parquet")
+    cfg = TranslationConfig(source=str(folder), subset=None, split="train", rows=60,
+                            max_source_tokens=20)
+    sample = load_source(cfg, seed=3, count_tokens=words)
+    indices = [r["source_index"] for r in sample]
+    assert len(indices) == len(set(indices)) == 60
+    assert all(i % 7 and i % 11 for i in indices)  # English and within the token limit
+    assert [sum(250 * p <= i < 250 * (p + 1) for i in indices) for p in range(4)] == \
+        [pytest.approx(15, abs=9)] * 4  # every file contributes, about a quarter each
+    assert indices == [r["source_index"] for r in load_source(cfg, 3, words)]
+    assert indices != [r["source_index"] for r in load_source(cfg, 4, words)]
+    assert sample[0]["turns"][0]["content"] == f"question {indices[0]}"
+
+
+def test_seeded_order_is_a_permutation_drawn_lazily():
+    from kakugo.generate.translate import seeded_order
+
+    order = list(seeded_order(1000, seed=5))
+    assert sorted(order) == list(range(1000)) and order[:10] != list(range(10))
+    assert order == list(seeded_order(1000, seed=5))
+    assert list(seeded_order(0, seed=5)) == []
+
+
+def test_an_unloadable_dataset_source_says_which_and_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = TranslationConfig(source="no-such-org/no-such-set", subset="7M_core", rows=5)
+    with pytest.raises(TranslationSourceError, match="no-such-org/no-such-set .*subset 7M_core"):
+        load_source(cfg, 0, words)

@@ -1,5 +1,5 @@
-"""Metric functions the task YAMLs name with `!function utils.NAME`."""
+"""Functions the task YAMLs name with `!function utils.NAME`."""
 
-from kakugo.evaluate.metrics import chrfpp, corpus_chrfpp
+from kakugo.evaluate.metrics import answers, chrfpp, corpus_chrfpp
 
-__all__ = ["chrfpp", "corpus_chrfpp"]
+__all__ = ["answers", "chrfpp", "corpus_chrfpp"]

@@ -1,0 +1,27 @@
+"""A language whose own generation inputs cannot be read is left out of the batch, with
+the reason; the other languages go on (no engine is needed to see it)."""
+
+from kakugo.config import load_config
+from kakugo.generate.pipeline import GenerationStage, generate
+from kakugo.languages import resolve
+from kakugo.storage import Storage
+
+
+def test_a_language_without_context_texts_is_left_out_of_generation(tmp_path, data_dir):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "gla_Latn.txt").write_text("Tha i fuar.\n\nTha an t-uisge ann.\n")
+    config = load_config("configs/tiny-cpu.yaml", [
+        f"generation.contexts.source={texts}/{{flores_code}}.txt", f"output={tmp_path / 'out'}"])
+    gd, cy = resolve("gd", data_dir), resolve("cy", data_dir)
+    storage = Storage(str(tmp_path / "out"))
+    stage = GenerationStage(config, [gd, cy], storage)
+    failed = stage.read_inputs()
+    assert set(failed) == {"cym_Latn"}
+    assert failed["cym_Latn"].startswith("context texts (") and "does not exist" in \
+        failed["cym_Latn"]
+    assert stage.codes == ["gla_Latn"]
+    assert stage._texts["gla_Latn"] == ["Tha i fuar.", "Tha an t-uisge ann."]
+    # when no language is left, the stage says why for each and starts no engine
+    assert generate(config, [cy], storage) == {"failed": failed}
+    assert storage.list("generate") == []
