@@ -143,8 +143,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed languages", ""]
         lines += [f"- {lang['flores_code']} ({lang['name']}), in {lang['failed_stage']}: "
                   f"{_cell(lang['error'])}" for lang in failed]
-    checks = [(lang["flores_code"], name, f) for lang in report["languages"]
-              for name, f in lang["filters"].items() if f["action"] != "off"]
+    from kakugo.generate.assemble import VERDICTS  # the order the checks decide in
+
+    checks = [(lang["flores_code"], name, lang["filters"][name])
+              for lang in report["languages"] for name in VERDICTS
+              if lang["filters"].get(name, {}).get("action", "off") != "off"]
     if checks:
         lines += ["", "## Dataset checks (rows dropped, and rows flagged but kept)", "",
                   "| language | check | action | dropped | flagged and kept |",
