@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -364,7 +365,7 @@ def test_translations_are_checked_and_every_candidate_has_a_verdict(run):
     assert all(r["translation"] for r in translated)
     for r in candidates:
         assert r["basic"] and r["empty"] and r["decontamination"]
-        assert r["language_id"] in ("", "ok", "unknown") or r["language_id"].startswith("wrong:")
+        assert re.fullmatch(r"|ok|unknown|(wrong|uncertain):\w+", r["language_id"]), r
         assert r["dedup"] or r["reject"]
 
 

@@ -90,7 +90,7 @@ def test_a_student_that_thinks_is_scored_on_its_answer_and_both_decode_alike(eva
     assert tuned["decoding"]["repetition_penalty"] == 1.0
     assert tuned["examples"] and base["examples"]
     for example in tuned["examples"]:
-        assert example["reply"].startswith("<think>"), example  # it thinks first, as trained
+        assert example["reply"].lstrip().startswith("<think>"), example  # it thinks first, as trained
         assert "think>" not in example["answer"] and "\n" not in example["answer"]
         if "</think>" in example["reply"]:  # the answer is the first line after the block
             after = example["reply"].rsplit("</think>", 1)[1].strip().splitlines()
