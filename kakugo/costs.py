@@ -1,8 +1,9 @@
 """The cost ledger: device-seconds per stage and language, priced per device-hour.
 
-Every stage records, in its manifests, the device type it ran on (`cluster.*_accelerator_type`
-for GPUs, "CPU" otherwise) and device-seconds (wall seconds x devices held):
-  generate   generate/{step}/_manifest.json   engine steps: engine replicas x GPUs per engine
+Every stage records, in its manifests, the device type it ran on (the accelerator type of
+the nodes that held its work, see kakugo.accelerators; "CPU" without GPUs) and
+device-seconds (seconds x devices held):
+  generate   generate/{step}/_manifest.json   engine steps: replica-seconds x GPUs per engine
                                               (split over languages by tokens processed)
   dataset    assemble/{step}/_manifest.json   CPU work, split over languages by rows
   train      train/{code}/_manifest.json      workers x GPUs per worker
@@ -23,37 +24,46 @@ PAPER_USD_PER_LANGUAGE = 50.0
 LEDGER_STAGES = ("generate", "dataset", "train", "evaluate")
 
 
-def engine_devices(engine: EngineConfig, gpu_type: str, replicas: int) -> tuple[str, float]:
-    """(device type, devices held) by `replicas` engines placed as `engine` says."""
+def engine_devices(engine: EngineConfig, ran_on: str | None,
+                   requested: str | None) -> tuple[str, float]:
+    """(device type, devices one engine holds): the GPU type it ran on (else the one it
+    asked for, else "GPU") times its tensor x pipeline ranks, or its CPU bundle."""
     if engine.accelerator == "gpu":
-        return gpu_type, float(replicas * engine.tensor_parallel_size
-                               * engine.pipeline_parallel_size)
-    return "CPU", replicas * engine.cpus_per_engine
+        return ran_on or requested or "GPU", float(engine.tensor_parallel_size
+                                                  * engine.pipeline_parallel_size)
+    return "CPU", engine.cpus_per_engine
 
 
-def teacher_devices(config: RunConfig) -> tuple[str, float]:
-    e = config.teacher.engine
-    return engine_devices(e, config.cluster.teacher_accelerator_type, e.replicas)
+def teacher_devices(config: RunConfig, ran_on: str | None = None) -> tuple[str, float]:
+    """Device type and devices held by one teacher replica."""
+    return engine_devices(config.teacher.engine, ran_on, config.cluster.teacher_accelerator_type)
 
 
-def training_devices(config: RunConfig) -> tuple[str, float]:
+def training_devices(config: RunConfig, ran_on: str | None = None) -> tuple[str, float]:
     t = config.training
     if t.use_gpu:
-        return config.cluster.training_accelerator_type, float(t.num_workers)
+        return ran_on or config.cluster.training_accelerator_type or "GPU", float(t.num_workers)
     return "CPU", t.num_workers * t.cpus_per_worker
 
 
-def evaluation_devices(config: RunConfig) -> tuple[str, float]:
+def evaluation_devices(config: RunConfig, ran_on: str | None = None) -> tuple[str, float]:
     """One model at a time: one serving engine, or the driver's CPU for the hf backend."""
     if config.evaluation.backend == "hf":
         return "CPU", 1.0
-    return engine_devices(config.serving.engine, config.cluster.serving_accelerator_type, 1)
+    return engine_devices(config.serving.engine, ran_on, config.cluster.serving_accelerator_type)
 
 
 def _entry(config: RunConfig, code: str, stage: str, device: str, seconds: float) -> dict:
-    price = config.cluster.price_per_hour[device]
-    return {"language": code, "stage": stage, "device": device,
-            "device_seconds": round(seconds, 2), "usd": round(seconds / 3600 * price, 4)}
+    """A ledger entry; a device without a price in cluster.price_per_hour is priced as a
+    "GPU" (and says so), so that no stage's time goes uncounted."""
+    prices = config.cluster.price_per_hour
+    priced_as = device if device in prices else ("GPU" if device != "CPU" else "CPU")
+    entry = {"language": code, "stage": stage, "device": device,
+             "device_seconds": round(seconds, 2),
+             "usd": round(seconds / 3600 * prices.get(priced_as, 0.0), 4)}
+    if priced_as != device:
+        entry["priced_as"] = priced_as
+    return entry
 
 
 def stage_manifests(storage: Storage, codes: list[str]) -> dict[str, dict[str, Any]]:

@@ -89,7 +89,7 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
         apply_chat_template=generation, batch_size=1, bootstrap_iters=0,
         log_samples=generation, random_seed=config.seed, numpy_random_seed=config.seed,
         torch_random_seed=config.seed, fewshot_random_seed=config.seed)
-    device, devices = evaluation_devices(config)
+    device, devices = evaluation_devices(config, served_on(config))
     seconds = (time.monotonic() - started) * devices / len(tasks)
     results = {}
     for t in tasks:
@@ -111,6 +111,21 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
 
 
 EXAMPLES = 5  # replies kept with a generation task's results, to see what was scored
+
+
+def served_on(config: RunConfig) -> str | None:
+    """The accelerator type of the run's Serve app replicas, when it runs on the connected
+    cluster (None for the hf backend or an endpoint elsewhere)."""
+    import ray
+
+    from kakugo.accelerators import device_of, serve_replica_nodes
+    from kakugo.serve.app import APP_NAME
+
+    if config.evaluation.backend != "serve" or not ray.is_initialized():
+        return None
+    nodes = serve_replica_nodes(APP_NAME)
+    return device_of(nodes, gpu=config.serving.engine.accelerator == "gpu",
+                     requested=config.cluster.serving_accelerator_type) if nodes else None
 
 
 def decoding(config: RunConfig) -> dict[str, Any]:

@@ -411,15 +411,18 @@ class AssembleStage(Stage):
         """Teacher tokens (prompt + completion, and of the completion those of reasoning
         traces) and engine-seconds spent on this language, over every engine step."""
         tokens = reasoning = seconds = 0.0
+        devices = set()
         for step in ("seeds", "expand", "items", "revise", "respond"):
             manifest = self.storage.read_json(f"generate/{step}/_manifest.json", default={})
             entry = manifest.get("languages", {}).get(code, {})
             tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
             reasoning += entry.get("reasoning_tokens", 0)
             seconds += entry.get("engine_seconds", 0.0)
+            if entry and manifest.get("device"):
+                devices.add(manifest["device"])
         return {"generation_tokens": int(tokens), "reasoning_tokens": int(reasoning),
                 "engine_seconds": round(seconds, 2),
-                "accelerator": teacher_devices(self.config)[0]}
+                "accelerator": ", ".join(sorted(devices)) or teacher_devices(self.config)[0]}
 
 
 def dataset_name(lang: Language) -> str:

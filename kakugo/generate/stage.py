@@ -98,16 +98,17 @@ class Stage:
         manifest = {"step": step, "config_hash": self.digest, "languages": languages,
                     "started": started_at, "finished": now(),
                     "wall_seconds": round(time.monotonic() - started, 2), **extra}
-        # device-seconds for the cost ledger: engine steps hold the teacher's devices and
-        # split them by tokens processed; the other steps are CPU work split by rows
+        # device-seconds for the cost ledger: engine steps hold the teacher's replicas (on
+        # the devices they ran on) and split them by tokens processed; the other steps are
+        # CPU work split by rows
         if step in self.engine_steps:
-            device, devices = teacher_devices(self.config)
+            device, per_replica = teacher_devices(self.config, extra.get("device"))
+            seconds = extra.get("replica_seconds", 0.0) * per_replica
             shares = {c: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
                       for c, s in languages.items()}
         else:
-            device, devices = "CPU", 1.0
+            device, seconds = "CPU", manifest["wall_seconds"]
             shares = {c: s.get("rows", 0) for c, s in languages.items()}
-        seconds = manifest["wall_seconds"] * devices
         total = sum(shares.values()) or 1
         manifest.update(device=device, device_seconds=round(seconds, 2))
         if step in self.engine_steps:

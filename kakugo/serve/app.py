@@ -60,6 +60,7 @@ class ServedModel:
     scaling: ModelServingConfig
     engine_extra: dict[str, Any] = field(default_factory=dict)  # the teacher's (see
     # kakugo.teacher.teacher_engine_kwargs)
+    accelerator_type: str | None = None  # the GPU type asked for (cluster.*_accelerator_type)
 
 
 def has_tuned_model(storage: Storage, lang: Language) -> bool:
@@ -76,9 +77,11 @@ def served_models(config: RunConfig, languages: list[Language], storage: Storage
     models = [
         ServedModel(check_model_name(config.teacher.name, "teacher.name"), config.teacher.model,
                     "teacher", config.teacher.engine, serving.teacher,
-                    teacher_engine_kwargs(config.teacher)),
+                    teacher_engine_kwargs(config.teacher),
+                    config.cluster.teacher_accelerator_type),
         ServedModel(check_model_name(config.student.name, "student.name"), config.student.model,
-                    "student", serving.engine, serving.students),
+                    "student", serving.engine, serving.students,
+                    accelerator_type=config.cluster.serving_accelerator_type),
     ]
     untrained: dict[str, str] = {}
     for lang in languages:
@@ -86,7 +89,8 @@ def served_models(config: RunConfig, languages: list[Language], storage: Storage
         folder = tuned_model_dir(lang.flores_code)
         if has_tuned_model(storage, lang):
             models.append(ServedModel(name, storage.uri(folder), "tuned", serving.engine,
-                                      serving.students))
+                                      serving.students,
+                                      accelerator_type=config.cluster.serving_accelerator_type))
         else:
             untrained[name] = storage.uri(folder)
     names = [m.name for m in models]
@@ -137,6 +141,10 @@ def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
         "model_loading_config": {"model_id": model.name, "model_source": source},
         **({} if mirrored else {"callback_config": {"callback_class": NO_MIRROR_CALLBACK}}),
         "engine_kwargs": engine_kwargs(model.engine, seed=seed, extra=model.engine_extra),
+        # Ray adds `accelerator_type:<TYPE>` to every bundle: the autoscaler starts a node
+        # that has it (Ray refuses a type on CPU engines)
+        **({"accelerator_type": model.accelerator_type}
+           if model.accelerator_type and model.engine.accelerator == "gpu" else {}),
         "placement_group_config": {"bundles": placement_bundles(model.engine),
                                    "strategy": "PACK"},
         "deployment_config": {"autoscaling_config": {

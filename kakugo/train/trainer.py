@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from kakugo.accelerators import device_of
 from kakugo.config import RunConfig
 from kakugo.costs import training_devices
 from kakugo.generate.assemble import dataset_dir
@@ -179,10 +180,7 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
-            placement_strategy=t.placement_strategy),
+        scaling_config=scaling_config(config),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets={"train": data.train, "validation": data.validation},
         # train is split evenly; every worker reads all of validation and scores its share
@@ -195,7 +193,9 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     )
     result = trainer.fit()
     wall = time.monotonic() - started
-    device, devices = training_devices(config)
+    ran_on = device_of((result.metrics or {}).get("nodes_per_rank") or [], gpu=t.use_gpu,
+                       requested=config.cluster.training_accelerator_type)
+    device, devices = training_devices(config, ran_on)
     manifest = {
         "language": code, "config_hash": digest, "started": started_at,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -212,6 +212,20 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     storage.write_json(manifest_path, manifest)
     log.info("train/%s: finished in %.0f s: %s", code, wall, result.metrics)
     return manifest
+
+
+def scaling_config(config: RunConfig):
+    """The training workers' `ray.train.ScalingConfig`: CPUs, a GPU each, and the GPU type
+    asked for (Ray adds `accelerator_type:<TYPE>` to each worker's request, so the
+    autoscaler starts a node that has it)."""
+    import ray.train
+
+    t = config.training
+    return ray.train.ScalingConfig(
+        num_workers=t.num_workers, use_gpu=t.use_gpu,
+        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
+        accelerator_type=config.cluster.training_accelerator_type if t.use_gpu else None,
+        placement_strategy=t.placement_strategy)
 
 
 def train(config: RunConfig, languages: list[Language], storage: Storage) -> dict:

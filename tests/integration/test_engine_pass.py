@@ -13,6 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from kakugo.accelerators import serve_replica_nodes
 from kakugo.config import load_config
 from kakugo.generate.engine_pass import TEACHER_APP, Teacher, TeacherPassError, done_ids, run_pass
 from kakugo.generate.requests import seed_requests
@@ -41,6 +42,11 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         again = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
         assert again["skipped_existing"] == len(rows) and again["sent"] == 0
         assert done_ids(storage, "pass") == {r["id"] for r in rows}
+        # what the ledger prices the pass at: the node of the teacher's replica, found by
+        # the name Serve gives its placement group, and the replica-seconds it held
+        assert serve_replica_nodes(TEACHER_APP) == [ray.get_runtime_context().get_node_id()]
+        assert stats["device"] == "CPU"
+        assert 0 < stats["replica_seconds"] <= stats["wall_seconds"] + 1
 
         # a stalled engine (vLLM's engine-core processes of the replica stopped with
         # SIGSTOP: the replica takes requests and the engine answers none): the pass fails

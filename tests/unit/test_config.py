@@ -70,7 +70,9 @@ def test_paper_config_holds_the_paper_numbers():
     assert (tn.num_workers, tn.cutoff_len, tn.packing, tn.validation_fraction) == (
         8, 8000, True, 0.02)
     assert tn.repetition_penalty == 1.05
-    assert c.cluster.training_accelerator_type == "RTX3090"
+    # the cluster: the teacher asks for H100s; training on any GPU (no cloud rents 3090s)
+    assert (c.cluster.teacher_accelerator_type, c.cluster.training_accelerator_type) == (
+        "H100", None)
     # evaluation: the four benchmarks, both FLORES directions, 3-shot
     assert c.evaluation.tasks == ["belebele", "sib200", "global_mmlu", "flores_en_xx",
                                   "flores_xx_en"]
@@ -139,6 +141,14 @@ def test_precision_choices_are_listed():
 def test_cross_field_rule_is_reported():
     with pytest.raises(ConfigError, match="min_prompts_per_topic .* must be <="):
         load_config(None, ["generation.topics.min_prompts_per_topic=4"])
+
+
+def test_an_accelerator_type_must_be_one_ray_knows():
+    with pytest.raises(ConfigError, match="cluster.training_accelerator_type is 'RTX3090', "
+                       "not an accelerator type Ray knows; use one of V100, .*H100"):
+        load_config(None, ["cluster.training_accelerator_type=RTX3090"])
+    assert load_config(None, ["cluster.teacher_accelerator_type=H200"]) \
+        .cluster.teacher_accelerator_type == "H200"
 
 
 def test_every_accelerator_type_needs_a_price():

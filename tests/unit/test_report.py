@@ -63,3 +63,21 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
     assert report["status"] == {"done": 1, "failed": 1, "incomplete": 0}
     assert {e["device"] for e in report["cost"]["ledger"]} == {"H100", "H200", "CPU"}
     assert report["cost"]["within_paper_figure"] is True  # about $16 per language
+
+
+def test_a_device_without_a_price_is_priced_as_a_gpu_and_says_so(tmp_path, data_dir):
+    """A stage that ran on nodes of a type nobody priced (any GPU was taken) still costs."""
+    from kakugo.costs import ledger
+
+    config = load_config("configs/tiny-cpu.yaml", ["cluster.price_per_hour.GPU=2.0"])
+    storage = Storage(str(tmp_path))
+    storage.write_json("train/gla_Latn/_manifest.json", {"device": "L40S",
+                                                         "device_seconds": 3600.0})
+    storage.write_json("train/cym_Latn/_manifest.json", {"device": "H100",
+                                                         "device_seconds": 3600.0})
+    entries = ledger(config, [resolve("gd", data_dir), resolve("cy", data_dir)], storage)
+    by_language = {e["language"]: e for e in entries}
+    assert by_language["gla_Latn"] == {"language": "gla_Latn", "stage": "train",
+                                       "device": "L40S", "device_seconds": 3600.0,
+                                       "usd": 2.0, "priced_as": "GPU"}
+    assert by_language["cym_Latn"]["usd"] == 2.5 and "priced_as" not in by_language["cym_Latn"]

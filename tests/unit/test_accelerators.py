@@ -1,0 +1,84 @@
+"""What kakugo asks Ray for (a GPU type on every engine bundle and training worker, the
+teacher's autoscaling) in Ray's own config types, and which device a stage is priced at."""
+
+import pytest
+
+from kakugo.accelerators import device_of, device_of_resources
+from kakugo.config import load_config
+from tests.conftest import TINY_STUDENT
+
+GPU_RUN = [*TINY_STUDENT, "teacher.engine.accelerator=gpu", "serving.engine.accelerator=gpu",
+           "training.use_gpu=true", "cluster.teacher_accelerator_type=H100",
+           "cluster.serving_accelerator_type=H200", "cluster.training_accelerator_type=H200"]
+
+
+@pytest.mark.parametrize(("resources", "device"), [
+    ({"CPU": 192, "GPU": 8, "accelerator_type:H100": 1, "memory": 1e12}, "H100"),
+    ({"CPU": 8, "GPU": 1}, "GPU"),                       # a GPU node that names no type
+    ({"CPU": 16, "accelerator_type:H100": 1}, "CPU"),    # a type but no GPU to use
+    ({"CPU": 4}, "CPU"),
+])
+def test_a_nodes_device_is_read_from_its_ray_resources(resources, device):
+    assert device_of_resources(resources) == device
+
+
+def test_a_stage_is_priced_at_the_type_of_the_nodes_that_held_it():
+    nodes = {"a": "H100", "b": "H100", "c": "A100", "head": "CPU"}
+    assert device_of(["a", "b"], gpu=True, requested=None, nodes=nodes) == "H100"
+    assert device_of(["a", "b"], gpu=False, requested="H100", nodes=nodes) == "CPU"
+    # mixed or unknown nodes: the type asked for, else a generic GPU
+    assert device_of(["a", "c"], gpu=True, requested="H100", nodes=nodes) == "H100"
+    assert device_of(["a", "c"], gpu=True, requested=None, nodes=nodes) == "GPU"
+    assert device_of([], gpu=True, requested=None, nodes=nodes) == "GPU"
+
+
+def test_the_asked_for_gpu_type_reaches_every_engine_bundle_in_rays_engine_config():
+    from ray.serve.llm import LLMConfig
+
+    from kakugo.generate.engine_pass import Teacher
+    from kakugo.serve.app import ServedModel, llm_config
+
+    config = load_config("configs/tiny-cpu.yaml", [*GPU_RUN,
+                                                   "teacher.engine.tensor_parallel_size=2"])
+    teacher = LLMConfig(**Teacher(config).llm_config())
+    assert teacher.accelerator_type == "H100"
+    bundles = teacher.get_engine_config().placement_bundles
+    assert bundles == [{"GPU": 1, "CPU": 1, "accelerator_type:H100": 0.001}] * 2
+    # a CPU engine asks for none (Ray refuses a type with CPU bundles)
+    cpu = load_config("configs/tiny-cpu.yaml", [*TINY_STUDENT,
+                                                "cluster.serving_accelerator_type=H200"])
+    model = ServedModel("s", "embedded:tiny-granite", "student", cpu.serving.engine,
+                        cpu.serving.students, accelerator_type="H200")
+    assert "accelerator_type" not in llm_config(model)
+    assert LLMConfig(**llm_config(model)).accelerator_type is None
+
+
+def test_the_teachers_replicas_scale_with_the_pending_work():
+    from ray.serve.llm import LLMConfig
+
+    from kakugo.generate.engine_pass import Teacher
+
+    config = load_config("configs/tiny-cpu.yaml", [
+        *TINY_STUDENT, "teacher.engine.replicas=2", "teacher.engine.max_replicas=6",
+        "teacher.engine.batch_size=32"])
+    teacher = Teacher(config)
+    assert teacher.autoscaling
+    scaling = LLMConfig(**teacher.llm_config()).deployment_config["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"],
+            scaling["target_ongoing_requests"]) == (2, 2, 6, 32)
+    fixed = Teacher(load_config("configs/tiny-cpu.yaml", [*TINY_STUDENT,
+                                                          "teacher.engine.replicas=2"]))
+    assert not fixed.autoscaling
+    assert LLMConfig(**fixed.llm_config()).deployment_config["autoscaling_config"][
+        "max_replicas"] == 2
+
+
+def test_the_training_workers_ask_for_the_gpu_type():
+    from kakugo.train.trainer import scaling_config
+
+    gpu = scaling_config(load_config("configs/tiny-cpu.yaml", GPU_RUN))
+    assert gpu._resources_per_worker_not_none == {
+        "CPU": gpu.resources_per_worker["CPU"], "GPU": 1, "accelerator_type:H200": 0.001}
+    cpu = scaling_config(load_config("configs/tiny-cpu.yaml", [
+        *TINY_STUDENT, "cluster.training_accelerator_type=H200"]))
+    assert not any(k.startswith("accelerator_type:") for k in cpu._resources_per_worker_not_none)
