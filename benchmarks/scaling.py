@@ -47,8 +47,8 @@ def reference_run(config, languages, root: str) -> dict:
     """The reference flow: per language, the steps one after another, each engine step
     with its own engine start (deploy, run the pass, tear down)."""
     from kakugo.generate.assemble import assemble
-    from kakugo.generate.engine_pass import Teacher
     from kakugo.generate.pipeline import GenerationStage
+    from kakugo.serving import Teacher
     from kakugo.storage import Storage
 
     class OneEnginePerStep(GenerationStage):

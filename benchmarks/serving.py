@@ -82,7 +82,7 @@ def bench_serve(config, model, args) -> dict:
     import ray
     from ray import serve
 
-    from kakugo.serve.app import start
+    from kakugo.serving import start
 
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False)
@@ -97,7 +97,7 @@ def bench_serve(config, model, args) -> dict:
 
 def bench_vllm(config, model, args) -> dict:
     from kakugo.models import ModelSource
-    from kakugo.serve.app import answering
+    from kakugo.serving import answering
     from kakugo.teacher import engine_env, engine_kwargs
 
     kwargs = engine_kwargs(model.engine)
@@ -126,7 +126,7 @@ def bench_vllm(config, model, args) -> dict:
 
 def main() -> None:
     from kakugo.config import load_config
-    from kakugo.serve.app import ServedModel
+    from kakugo.serving import ServedModel
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/tiny-cpu.yaml")

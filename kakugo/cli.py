@@ -8,26 +8,18 @@ import json
 import sys
 
 from kakugo import logs
-from kakugo.config import ConfigError, RunConfig, load_config
-from kakugo.generate.contexts import ContextSourceError
-from kakugo.generate.engine_pass import TeacherPassError
-from kakugo.generate.filters import FilterSetupError
-from kakugo.generate.translate import TranslationSourceError
+from kakugo.config import RunConfig, load_config
+from kakugo.errors import BAD_INPUT, RUN_FAILURES, LanguageError
 from kakugo.languages import (
     EVAL_SETS,
-    LanguageError,
     coverage,
     eval_data_dir,
     paper54,
     parse_language_list,
     resolve,
 )
-from kakugo.models import EMBEDDED, ModelError, build_embedded
-from kakugo.publish import PublishError
-from kakugo.run import RunConflictError, distill_batch
-from kakugo.serve import ServeConfigError
-from kakugo.storage import StorageError
-from kakugo.train.trainer import TrainingDataError
+from kakugo.models import EMBEDDED, build_embedded
+from kakugo.run import distill_batch
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -136,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import yaml
 
     from kakugo.run import connect_ray, resolve_languages
-    from kakugo.serve.app import deploy_config, served_models, start, stop
+    from kakugo.serving import deploy_config, served_models, start, stop
     from kakugo.storage import Storage
 
     config = _config_from(args)
@@ -276,11 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
-            ContextSourceError, TranslationSourceError, FilterSetupError, PublishError) as exc:
+    except BAD_INPUT as exc:
         print_error(exc)
         return EXIT_BAD_INPUT
-    except (StorageError, TrainingDataError, TeacherPassError) as exc:
+    except RUN_FAILURES as exc:
         print_error(exc)
         return EXIT_FAILED
 

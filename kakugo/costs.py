@@ -1,6 +1,6 @@
 """The cost ledger: device-seconds per stage and language, priced per device-hour.
 
-Every stage records, in its manifests, the device type it ran on (the accelerator type of
+Every stage records, in its manifests (kakugo.layout), the device type it ran on (the accelerator type of
 the nodes that held its work, see kakugo.accelerators; "CPU" without GPUs) and
 device-seconds (seconds x devices held):
   generate   generate/{step}/_manifest.json   engine steps: replica-seconds x GPUs per engine
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kakugo import layout
 from kakugo.config import EngineConfig, RunConfig
 from kakugo.languages import Language
 from kakugo.storage import Storage
@@ -66,28 +67,13 @@ def _entry(config: RunConfig, code: str, stage: str, device: str, seconds: float
     return entry
 
 
-def stage_manifests(storage: Storage, codes: list[str]) -> dict[str, dict[str, Any]]:
-    """Every manifest a run's report and ledger read, each read once: keyed
-    "generate/{step}", "assemble/{step}" and "train/{code}" ({} where none was written)."""
-    from kakugo.generate.assemble import AssembleStage
-    from kakugo.generate.pipeline import GenerationStage
-
-    folders = [f"generate/{step}" for step in GenerationStage.steps]
-    folders += [f"assemble/{step}" for step in AssembleStage.steps]
-    folders += [f"train/{code}" for code in codes]
-    return {folder: storage.read_json(f"{folder}/_manifest.json", default=None) or {}
-            for folder in folders}
-
-
 def ledger(config: RunConfig, languages: list[Language], storage: Storage,
            manifests: dict[str, dict[str, Any]] | None = None) -> list[dict]:
     """One entry per (language, stage, device type) that has recorded device-seconds
-    (`manifests` from stage_manifests, read here when not given)."""
-    from kakugo.evaluate.runner import result_files
-
+    (`manifests` from layout.read_manifests, read here when not given)."""
     codes = [lang.flores_code for lang in languages]
     if manifests is None:
-        manifests = stage_manifests(storage, codes)
+        manifests = layout.read_manifests(storage, codes)
     seconds: dict[tuple[str, str, str], float] = {}
 
     def add(code: str, stage: str, device: str | None, value: float | None) -> None:
@@ -97,14 +83,14 @@ def ledger(config: RunConfig, languages: list[Language], storage: Storage,
 
     for folder, manifest in manifests.items():
         root = folder.split("/", 1)[0]
-        if root in ("generate", "assemble"):
-            stage = "generate" if root == "generate" else "dataset"
+        if root in (layout.GENERATE, layout.ASSEMBLE):
+            stage = "generate" if root == layout.GENERATE else "dataset"
             for code, entry in manifest.get("languages", {}).items():
                 add(code, stage, manifest.get("device"), entry.get("device_seconds"))
     for code in codes:
-        manifest = manifests.get(f"train/{code}", {})
+        manifest = manifests.get(layout.train_dir(code), {})
         add(code, "train", manifest.get("device"), manifest.get("device_seconds"))
-        for rel in result_files(storage, code):
+        for rel in layout.result_files(storage, code):
             result = storage.read_json(rel)
             add(code, "evaluate", result.get("device"), result.get("device_seconds"))
     return [_entry(config, code, stage, device, value)

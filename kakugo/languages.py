@@ -19,6 +19,8 @@ import yaml
 from langcodes.data_dicts import MACROLANGUAGES
 from language_data import names as ld_names
 
+from kakugo.errors import LanguageError
+
 DATA_DIR_ENV = "KAKUGO_DATA_DIR"
 PAPER54_FILE = Path(__file__).resolve().parent / "data" / "paper54.yaml"
 FLORES_RE = re.compile(r"^([a-z]{3})_([A-Z][a-z]{3})$")
@@ -28,10 +30,6 @@ EVAL_SETS = ("flores200", "sib200", "belebele", "global_mmlu")
 # tasks read), for evaluation and decontamination where there is no local copy
 EVAL_HUB_DATASETS = {"flores200": "openlanguagedata/flores_plus", "sib200": "Davlan/sib200",
                      "belebele": "facebook/belebele", "global_mmlu": "CohereForAI/Global-MMLU"}
-
-
-class LanguageError(ValueError):
-    """Input that does not name exactly one language; the message lists what would."""
 
 
 @dataclass(frozen=True)

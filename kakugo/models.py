@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from kakugo.errors import ModelError
+
 if TYPE_CHECKING:
     from kakugo.config import RunConfig
     from kakugo.languages import Language
@@ -37,13 +39,11 @@ def tuned_model_name(config: RunConfig, lang: Language) -> str:
     return lang.fill(config.student.tuned_name_template)
 
 
-def tuned_model_dir(flores_code: str) -> str:
-    """Where training exports a language's model, relative to the run's output root."""
-    return f"{flores_code}/model"
-
-
-class ModelError(ValueError):
-    """A model source that cannot be used; the message says which and why."""
+def repo_id(config: RunConfig, lang: Language, kind: str) -> str:
+    """The hub repo a language's dataset or model is published to (`publish.*`)."""
+    p = config.publish
+    name = lang.fill(p.dataset_repo if kind == "dataset" else p.model_repo)
+    return f"{p.namespace}/{name}" if p.namespace else name
 
 
 def cache_dir() -> Path:

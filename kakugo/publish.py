@@ -19,9 +19,10 @@ from typing import Any, Literal
 import yaml
 
 from kakugo.config import RunConfig
-from kakugo.generate.assemble import dataset_dir
+from kakugo.errors import PublishError
 from kakugo.languages import Language
-from kakugo.models import tuned_model_dir
+from kakugo.layout import dataset_dir, tuned_model_dir
+from kakugo.models import repo_id
 from kakugo.storage import Storage
 
 log = logging.getLogger("kakugo.publish")
@@ -35,16 +36,6 @@ REQUIRED_CARD_FIELDS: dict[Kind, tuple[str, ...]] = {
 }
 # what goes up: the deliverable, not the rejects or training leftovers
 DATASET_FILES = ("README.md", "dataset_info.json", "data/")
-
-
-class PublishError(ValueError):
-    """Something of a language cannot be published; the message says what and where."""
-
-
-def repo_id(config: RunConfig, lang: Language, kind: Kind) -> str:
-    p = config.publish
-    name = lang.fill(p.dataset_repo if kind == "dataset" else p.model_repo)
-    return f"{p.namespace}/{name}" if p.namespace else name
 
 
 @dataclass

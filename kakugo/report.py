@@ -13,12 +13,12 @@ import datetime as dt
 import logging
 from typing import Any
 
+from kakugo import layout
 from kakugo.config import RunConfig
 from kakugo.costs import (
     LEDGER_STAGES,
     PAPER_USD_PER_LANGUAGE,
     ledger,
-    stage_manifests,
     usd_by_stage,
 )
 from kakugo.languages import Language
@@ -32,9 +32,9 @@ def evaluation_rows(storage: Storage) -> list[dict[str, Any]]:
     import csv
     import io
 
-    if not storage.exists("eval/results.csv"):
+    if not storage.exists(layout.EVAL_TABLE):
         return []
-    rows = list(csv.DictReader(io.StringIO(storage.read_text("eval/results.csv"))))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(layout.EVAL_TABLE))))
     for row in rows:
         for key in ("base", "tuned", "delta"):
             row[key] = float(row[key]) if row[key] else None
@@ -44,27 +44,27 @@ def evaluation_rows(storage: Storage) -> list[dict[str, Any]]:
 def language_summary(config: RunConfig, lang: Language, storage: Storage,
                      failure: dict[str, str] | None, entries: list[dict],
                      eval_rows: list[dict], manifests: dict[str, dict]) -> dict[str, Any]:
-    from kakugo.generate.pipeline import GenerationStage
-    from kakugo.models import tuned_model_dir, tuned_model_name
+    from kakugo.models import tuned_model_name
 
     code = lang.flores_code
     generated = {}
     tokens = {"prompt": 0, "completion": 0, "reasoning": 0}
-    for step in GenerationStage.steps:
-        entry = manifests[f"generate/{step}"].get("languages", {}).get(code)
+    for step in layout.GENERATE_STEPS:
+        entry = manifests[layout.step_folder(layout.GENERATE, step)].get("languages", {}).get(
+            code)
         if entry:
             generated[step] = entry["rows"]
             for kind in tokens:
                 tokens[kind] += entry.get(f"{kind}_tokens", 0)
-    dataset = manifests["assemble/dataset"]
-    trained = manifests[f"train/{code}"]
+    dataset = manifests[layout.step_folder(layout.ASSEMBLE, "dataset")]
+    trained = manifests[layout.train_dir(code)]
     training = None
     if trained:
         metrics = trained.get("metrics") or {}
         training = {"steps": trained["total_steps"], "train_rows": trained["train_rows"],
                     "loss": metrics.get("loss"), "val_loss": metrics.get("val_loss"),
                     "wall_seconds": trained["wall_seconds"],
-                    "model": storage.uri(tuned_model_dir(code)),
+                    "model": storage.uri(layout.tuned_model_dir(code)),
                     "served_as": tuned_model_name(config, lang)}
     scores = [{k: r[k] for k in ("task", "metric", "base", "tuned", "delta", "note")}
               for r in eval_rows if r["language"] == code]
@@ -87,7 +87,7 @@ def build_report(config: RunConfig, languages: list[Language], storage: Storage,
                  failed: dict[str, dict[str, str]]) -> dict[str, Any]:
     from kakugo.evaluate.runner import decoding_note
 
-    manifests = stage_manifests(storage, [lang.flores_code for lang in languages])
+    manifests = layout.read_manifests(storage, [lang.flores_code for lang in languages])
     entries = ledger(config, languages, storage, manifests)
     eval_rows = evaluation_rows(storage)
     langs = [language_summary(config, lang, storage, failed.get(lang.flores_code), entries,
@@ -168,10 +168,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_report(config: RunConfig, languages: list[Language], storage: Storage,
                  failed: dict[str, dict[str, str]]) -> dict[str, Any]:
     report = build_report(config, languages, storage, failed)
-    storage.write_json("report.json", report)
-    storage.write_text("report.md", render_markdown(report))
+    storage.write_json(layout.REPORT_JSON, report)
+    storage.write_text(layout.REPORT_MD, render_markdown(report))
     log.info("report: %s (%s); $%.4f per language (paper: under $%.0f)",
-             storage.uri("report.md"),
+             storage.uri(layout.REPORT_MD),
              ", ".join(f"{n} {s}" for s, n in report["status"].items() if n),
              report["cost"]["usd_per_language"], PAPER_USD_PER_LANGUAGE)
     return report

@@ -12,16 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from kakugo.generate.assemble import dataset_dir
+from kakugo import layout
+from kakugo.errors import RunResultsError
 from kakugo.storage import Storage
-
-DATASET_MANIFEST = "assemble/dataset/_manifest.json"
-REPORT = "report.json"
-EVAL_TABLE = "eval/results.csv"
-
-
-class RunResultsError(FileNotFoundError):
-    """The output root lacks what a table needs; the message says which stage writes it."""
 
 
 def _json(storage: Storage, rel: str, writer: str) -> dict[str, Any]:
@@ -32,7 +25,7 @@ def _json(storage: Storage, rel: str, writer: str) -> dict[str, Any]:
 
 
 def _report(storage: Storage) -> dict[str, Any]:
-    return _json(storage, REPORT, "the report stage (the last stage of `kakugo run`)")
+    return _json(storage, layout.REPORT_JSON, "the report stage (the last stage of `kakugo run`)")
 
 
 def status(storage: Storage) -> pd.DataFrame:
@@ -47,7 +40,7 @@ def status(storage: Storage) -> pd.DataFrame:
 
 
 def _dataset_stats(storage: Storage) -> dict[str, dict[str, Any]]:
-    return _json(storage, DATASET_MANIFEST, "the dataset stage")["languages"]
+    return _json(storage, layout.DATASET_MANIFEST, "the dataset stage")["languages"]
 
 
 def dataset_sizes(storage: Storage) -> pd.DataFrame:
@@ -90,8 +83,8 @@ def scores(storage: Storage) -> pd.DataFrame:
     """Base vs tuned per language and task; missing coverage stays missing (NaN + note)."""
     from kakugo.report import evaluation_rows
 
-    if not storage.exists(EVAL_TABLE):
-        raise RunResultsError(f"{storage.uri(EVAL_TABLE)} does not exist: the evaluate "
+    if not storage.exists(layout.EVAL_TABLE):
+        raise RunResultsError(f"{storage.uri(layout.EVAL_TABLE)} does not exist: the evaluate "
                               "stage writes it")
     return pd.DataFrame(evaluation_rows(storage))
 
@@ -102,7 +95,7 @@ def samples(storage: Storage, per_language: int = 3) -> pd.DataFrame:
 
     out = []
     for code in _dataset_stats(storage):
-        folder = f"{dataset_dir(code)}/data"
+        folder = layout.dataset_data(code)
         if not storage.list(folder):
             continue
         dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs)

@@ -12,23 +12,18 @@ import logging
 import os
 from dataclasses import asdict
 
-from kakugo import logs
+from kakugo import layout, logs
 from kakugo.config import RunConfig
+from kakugo.errors import RunConflictError
 from kakugo.languages import Language, eval_data_dir, resolve_many
 from kakugo.models import ModelSource
 from kakugo.storage import Storage
 
 log = logging.getLogger("kakugo.run")
 
-RUN_MANIFEST = "run.json"
-STATUS = "status.json"  # languages that failed, with the stage and the error
 # In pipeline order. Each stage skips the work it finds done; the report is rewritten.
 STAGES: tuple[str, ...] = ("generate", "dataset", "train", "evaluate", "report")
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
-
-
-class RunConflictError(RuntimeError):
-    """The output root holds a run made with a different configuration."""
 
 
 def resolve_languages(config: RunConfig) -> list[Language]:
@@ -40,10 +35,10 @@ def check_run(config: RunConfig, *, restart: bool = False) -> Storage:
     storage = Storage(config.output)
     storage.check_writable()
     digest = config.digest()
-    previous = storage.read_json(RUN_MANIFEST, default=None)
+    previous = storage.read_json(layout.RUN_MANIFEST, default=None)
     if previous is not None and previous.get("config_hash") != digest and not restart:
         raise RunConflictError(
-            f"{storage.uri(RUN_MANIFEST)} was written by a different configuration "
+            f"{storage.uri(layout.RUN_MANIFEST)} was written by a different configuration "
             f"(hash {previous.get('config_hash')}, now {digest}); use a new output root, "
             "or pass --restart to start over there"
         )
@@ -53,11 +48,11 @@ def check_run(config: RunConfig, *, restart: bool = False) -> Storage:
 def open_run(config: RunConfig, languages: list[Language], *, restart: bool = False) -> Storage:
     """Check the output root and record the run; refuse to mix outputs of another config."""
     storage = check_run(config, restart=restart)
-    previous = storage.read_json(RUN_MANIFEST, default=None)
+    previous = storage.read_json(layout.RUN_MANIFEST, default=None)
     digest = config.digest()
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     storage.write_json(
-        RUN_MANIFEST,
+        layout.RUN_MANIFEST,
         {
             "name": config.name,
             "config_hash": digest,
@@ -135,7 +130,7 @@ def distill_batch(config: RunConfig, *, restart: bool = False,
     codes = {lang.flores_code for lang in languages}
     # failures of stages this run does not redo stay on record; the others are retried
     failed = {code: entry for code, entry in
-              storage.read_json(STATUS, default={}).get("failed", {}).items()
+              storage.read_json(layout.STATUS, default={}).get("failed", {}).items()
               if code in codes and entry["stage"] not in stages}
     for stage in [s for s in STAGES if s in stages and s != "report"]:
         order = STAGES.index(stage)
@@ -148,7 +143,7 @@ def distill_batch(config: RunConfig, *, restart: bool = False,
         for code, error in (result.get("failed") or {}).items():
             log.error("%s failed in %s: %s", code, stage, error)
             failed[code] = {"stage": stage, "error": error}
-        storage.write_json(STATUS, {"failed": failed})
+        storage.write_json(layout.STATUS, {"failed": failed})
     if "report" in stages:
         write_report(config, languages, storage, failed)
     if not failed:

@@ -20,9 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
-class StorageError(RuntimeError):
-    """The output root cannot be read or written; the message names the location."""
+from kakugo.errors import StorageError
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kakugo import serving
 from kakugo.config import RunConfig
 from kakugo.costs import evaluation_devices
 from kakugo.evaluate.taskset import EvalTask, render
 from kakugo.languages import Language
-from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
-from kakugo.serve.app import has_tuned_model
+from kakugo.layout import EVAL_MARKDOWN, EVAL_TABLE, eval_plot, result_path, tuned_model_dir
+from kakugo.models import ModelSource, tuned_model_name
 from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.evaluate")
@@ -49,7 +50,7 @@ class EvalModel:
 def models_for(config: RunConfig, lang: Language, storage: Storage) -> list[EvalModel]:
     models = [EvalModel(config.student.name, "base",
                         ModelSource.parse(config.student.model).materialize())]
-    if has_tuned_model(storage, lang):
+    if serving.has_tuned_model(storage, lang):
         folder = storage.uri(tuned_model_dir(lang.flores_code))
         models.append(EvalModel(tuned_model_name(config, lang), "tuned",
                                 ModelSource.parse(folder).materialize()))
@@ -119,11 +120,10 @@ def served_on(config: RunConfig) -> str | None:
     import ray
 
     from kakugo.accelerators import device_of, serve_replica_nodes
-    from kakugo.serve.app import APP_NAME
 
     if config.evaluation.backend != "serve" or not ray.is_initialized():
         return None
-    nodes = serve_replica_nodes(APP_NAME)
+    nodes = serve_replica_nodes(serving.APP_NAME)
     return device_of(nodes, gpu=config.serving.engine.accelerator == "gpu",
                      requested=config.cluster.serving_accelerator_type) if nodes else None
 
@@ -150,7 +150,6 @@ def score(result: dict) -> float | None:
 def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
              url: str | None = None) -> dict:
     """Run (or resume) the evaluation of every language; writes the table and plots."""
-    from kakugo.serve import app as serve_app
 
     started_app, ran = False, False
     failed: dict[str, str] = {}
@@ -164,8 +163,8 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                       for t in tasks for m in plan[t.language])
         if config.evaluation.backend == "serve" and url is None and pending:
             wanted = sorted({m.name for models in plan.values() for m in models})
-            served = serve_app.served_models(config, languages, storage, wanted)
-            url, started_app = serve_app.start(config, served), True
+            served = serving.served_models(config, languages, storage, wanted)
+            url, started_app = serving.start(config, served), True
         try:
             for lang in languages:
                 lang_tasks = [t for t in tasks if t.language == lang.flores_code]
@@ -179,9 +178,9 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
                     failed[lang.flores_code] = f"{type(exc).__name__}: {exc}"
         finally:
             if started_app:
-                serve_app.stop()
+                serving.stop()
     table = results_table(config, languages, storage, missing)
-    if ran or not storage.exists("eval/results.csv"):
+    if ran or not storage.exists(EVAL_TABLE):
         write_reports(table, storage, decoding_note(config))
     return {"rows": table, "missing": {f"{k[0]}/{k[1]}": v for k, v in missing.items()},
             "failed": failed}
@@ -204,17 +203,6 @@ def evaluate_language(config: RunConfig, tasks: list[EvalTask], models: list[Eva
                 task = next(t for t in group if t.name == name)
                 storage.write_json(result_path(task.language, task.kind, model.name), result)
     return ran
-
-
-def result_path(language: str, kind: str, model: str) -> str:
-    """One model's lm-eval results for one task of one language."""
-    return f"eval/{language}/{model}/{kind}.json"
-
-
-def result_files(storage: Storage, language: str) -> list[str]:
-    """Every result written for one language (any model, any task)."""
-    return [name for name in storage.list(f"eval/{language}", recursive=True)
-            if name.endswith(".json")]
 
 
 def results_table(config: RunConfig, languages: list[Language], storage: Storage,
@@ -252,16 +240,16 @@ def write_reports(rows: list[dict], storage: Storage, note: str) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    storage.write_text("eval/results.csv", buf.getvalue())
+    storage.write_text(EVAL_TABLE, buf.getvalue())
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(
             ("n/a" if row[c] is None else (f"{row[c]:+.2f}" if c == "delta" else str(row[c])))
             for c in columns) + " |")
-    storage.write_text("eval/results.md", "\n".join(lines) + f"\n\n{note}\n")
+    storage.write_text(EVAL_MARKDOWN, "\n".join(lines) + f"\n\n{note}\n")
     for task in dict.fromkeys(r["task"] for r in rows):
-        storage.write_bytes(f"eval/plots/{task}.png", delta_plot(
+        storage.write_bytes(eval_plot(task), delta_plot(
             [r for r in rows if r["task"] == task], task))
 
 

@@ -30,16 +30,13 @@ import yaml
 from langcodes.data_dicts import MACROLANGUAGES
 
 from kakugo.config import RunConfig
+from kakugo.errors import EvalDataError
 from kakugo.languages import EVAL_HUB_DATASETS, Language, eval_data_dir
 
 TEMPLATES = Path(__file__).resolve().parent / "tasks"
 LOGLIKELIHOOD = ("sib200", "belebele", "global_mmlu")
 GENERATION = ("flores_en_xx", "flores_xx_en")
 HUB = {**EVAL_HUB_DATASETS, "flores": EVAL_HUB_DATASETS["flores200"]}
-
-
-class EvalDataError(ValueError):
-    """Evaluation data that exists but cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from kakugo import layout
 from kakugo.config import FiltersConfig, RunConfig
 from kakugo.costs import teacher_devices
 from kakugo.generate.filters import (
@@ -221,7 +222,7 @@ def budget_plan(rows: list[tuple[str, int, int]], budget: int,
     a seeded order, first as answers while they fit in `budget`, then the same order again
     gets traces while they fit: target-language answer tokens before reasoning tokens.
     Rows not in the plan do not fit."""
-    from kakugo.generate.requests import fraction_of
+    from kakugo.ids import fraction_of
 
     order = sorted(rows, key=lambda r: fraction_of(r[0], ("token_budget", seed)))
     plan: dict[str, bool] = {}
@@ -266,8 +267,8 @@ def filter_summary(counts: pd.DataFrame, filters: FiltersConfig) -> dict[str, di
 
 
 class AssembleStage(Stage):
-    root = "assemble"
-    steps = ("candidates", "dataset")
+    root = layout.ASSEMBLE
+    steps = layout.ASSEMBLE_STEPS
     config_sections = ("teacher", "student", "generation", "translation", "filters",
                        "dataset", "seed")
 
@@ -347,7 +348,7 @@ class AssembleStage(Stage):
 
     def write_language(self, lang: Language) -> dict[str, Any]:
         code, config = lang.flores_code, self.config
-        folder = dataset_dir(code)
+        folder = layout.dataset_dir(code)
         self.storage.delete(folder)
         plan, planned_tokens = self.token_plan(code)
         # the language's verdicts, streamed batch by batch out of the candidates (plain
@@ -412,8 +413,9 @@ class AssembleStage(Stage):
         traces) and engine-seconds spent on this language, over every engine step."""
         tokens = reasoning = seconds = 0.0
         devices = set()
-        for step in ("seeds", "expand", "items", "revise", "respond"):
-            manifest = self.storage.read_json(f"generate/{step}/_manifest.json", default={})
+        for step in layout.ENGINE_STEPS:
+            manifest = self.storage.read_json(
+                layout.manifest(layout.step_folder(layout.GENERATE, step)), default={})
             entry = manifest.get("languages", {}).get(code, {})
             tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
             reasoning += entry.get("reasoning_tokens", 0)
@@ -438,11 +440,6 @@ def llamafactory_info(lang: Language) -> dict[str, Any]:
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"},
     }}
-
-
-def dataset_dir(flores_code: str) -> str:
-    """Where a language's SFT set is written, relative to the output root."""
-    return f"{flores_code}/dataset"
 
 
 def _size_category(rows: int) -> str:

@@ -14,14 +14,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from kakugo.errors import ContextSourceError
 from kakugo.languages import Language
 from kakugo.storage import Storage
 
 FINEWEB2 = "HuggingFaceFW/fineweb-2"
-
-
-class ContextSourceError(ValueError):
-    """The context source cannot give texts for a language; the message says why."""
 
 
 def resolve_source(template: str, language: Language, data_dir: Path | None) -> str:

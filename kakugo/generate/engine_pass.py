@@ -23,13 +23,14 @@ import threading
 import time
 from typing import Any, Self
 
-from kakugo import logs
-from kakugo.config import ModelServingConfig, RunConfig, SamplingConfig
+from kakugo.config import RunConfig, SamplingConfig
+from kakugo.errors import TeacherPassError
 from kakugo.generate.reasoning import split_think_tags
 from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
+from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
-from kakugo.teacher import reasoning_parser, teacher_engine_kwargs
+from kakugo.teacher import reasoning_parser
 
 log = logging.getLogger("kakugo.generate")
 
@@ -183,148 +184,6 @@ def done_ids(storage: Storage, folder: str) -> set[str]:
     return ids
 
 
-TEACHER_APP = "kakugo-teacher"
-
-
-class Teacher:
-    """The teacher as one Ray Serve LLM deployment, for all the engine passes of a stage.
-
-    `with Teacher(config) as teacher:` deploys it and deletes it at the end. It keeps
-    `teacher.engine.replicas` vLLM engines (each on its placement bundles; Serve restarts a
-    replica that dies); with `teacher.engine.max_replicas` Serve adds replicas while
-    requests wait (`batch_size` in flight per replica: one Ray Data actor's batch) and
-    removes them as the work runs out. `replica_seconds()` counts the replicas held.
-    """
-
-    CLOCK_PERIOD_S = 2.0
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.deployment: str | None = None
-        self._deployed_at = 0.0
-        self._held = 0.0  # replica-seconds counted by the clock (autoscaling only)
-        self._stop = threading.Event()
-        self._clock: threading.Thread | None = None
-
-    @property
-    def autoscaling(self) -> bool:
-        e = self.config.teacher.engine
-        return (e.max_replicas or e.replicas) > e.replicas
-
-    def __enter__(self) -> Self:
-        from ray import serve
-        from ray.serve.llm import LLMConfig, build_llm_deployment
-
-        from kakugo.serve.app import ensure_serve
-
-        t = self.config.teacher
-        started = time.monotonic()
-        ensure_serve(self.config)
-        app = build_llm_deployment(LLMConfig(**self.llm_config()))
-        serve.run(app, name=TEACHER_APP, route_prefix=None)
-        self.deployment = next(iter(serve.status().applications[TEACHER_APP].deployments))
-        self._deployed_at = time.monotonic()
-        if self.autoscaling:
-            self._stop.clear()
-            self._clock = threading.Thread(target=self._count_replicas, daemon=True,
-                                           name="teacher-replica-clock")
-            self._clock.start()
-        log.info("teacher %s ready in %.0f s (%s replica(s))", t.name,
-                 self._deployed_at - started, f"{t.engine.replicas} to {t.engine.max_replicas}"
-                 if self.autoscaling else t.engine.replicas)
-        return self
-
-    def llm_config(self) -> dict[str, Any]:
-        """The deployment's `LLMConfig` (as a dict): our engine settings, the GPU type asked
-        for, and Serve autoscaling between `replicas` and `max_replicas` with one Ray Data
-        batch of requests in flight per replica as the target."""
-        from kakugo.serve.app import ServedModel, llm_config
-
-        t = self.config.teacher
-        scaling = ModelServingConfig(min_replicas=t.engine.replicas,
-                                     max_replicas=t.engine.max_replicas or t.engine.replicas,
-                                     target_ongoing_requests=t.engine.batch_size)
-        model = ServedModel(t.name, t.model, "teacher", t.engine, scaling,
-                            teacher_engine_kwargs(t),
-                            accelerator_type=self.config.cluster.teacher_accelerator_type)
-        settings = llm_config(model, seed=self.config.seed)
-        # one access-log line per request would flood the job's log (100k+ requests)
-        settings["deployment_config"]["logging_config"] = logs.serve_logging_config(
-            access_log=False)
-        return settings
-
-    def __exit__(self, *exc_info) -> None:
-        from ray import serve
-
-        self._stop.set()
-        if self._clock is not None:
-            self._clock.join(timeout=30)
-            self._clock = None
-        serve.delete(TEACHER_APP)
-        self.deployment = None
-
-    def running_replicas(self) -> int:
-        from ray import serve
-
-        status = serve.status().applications[TEACHER_APP].deployments[self.deployment]
-        return int(status.replica_states.get("RUNNING", 0))
-
-    def _count_replicas(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(self.CLOCK_PERIOD_S):
-            try:
-                running = self.running_replicas()
-            except Exception:  # the controller is busy or restarting: count the next tick
-                log.debug("teacher replica count failed", exc_info=True)
-                continue
-            now = time.monotonic()
-            self._held += running * (now - last)
-            last = now
-
-    def replica_seconds(self) -> float:
-        """Replica-seconds held since the deployment was ready."""
-        if self.autoscaling:
-            return self._held
-        return self.config.teacher.engine.replicas * (time.monotonic() - self._deployed_at)
-
-    def device(self) -> str:
-        """The accelerator type the replicas run on (kakugo.accelerators.device_of)."""
-        from kakugo.accelerators import device_of, serve_replica_nodes
-
-        return device_of(serve_replica_nodes(TEACHER_APP),
-                         gpu=self.config.teacher.engine.accelerator == "gpu",
-                         requested=self.config.cluster.teacher_accelerator_type)
-
-    def processor_config(self, request_timeout_s: float | None = None):
-        from ray.data.llm import ServeDeploymentProcessorConfig
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
-
-        if self.deployment is None:
-            raise RuntimeError("the teacher is not deployed: use `with Teacher(config)`")
-        engine = self.config.teacher.engine
-        return ServeDeploymentProcessorConfig(
-            deployment_name=self.deployment, app_name=TEACHER_APP,
-            dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
-            # enough actors for the most replicas: each keeps one batch of requests in flight
-            batch_size=engine.batch_size, concurrency=engine.max_replicas or engine.replicas,
-            should_continue_on_error=True, request_timeout_s=request_timeout_s)
-
-    def wait_until_running(self, timeout_s: float = 1800) -> None:
-        """Until Serve reports the teacher app running again (a lost replica is replaced)."""
-        from ray import serve
-
-        deadline = time.monotonic() + timeout_s
-        status = None
-        while time.monotonic() < deadline:
-            app = serve.status().applications.get(TEACHER_APP)
-            status = app.status if app else None
-            if status == "RUNNING":
-                return
-            time.sleep(2)
-        raise TeacherPassError(f"the teacher app {TEACHER_APP} is not running after "
-                               f"{timeout_s:.0f} s (status {status})")
-
-
 class PassProgress:
     """While a pass runs, logs every `every_s` seconds the rows done per language, the rate
     and an ETA, counted from the parquet files the pass has written (their footers; the
@@ -380,10 +239,6 @@ class PassProgress:
                 log.info("%s", self.line())
             except Exception as exc:  # noqa: BLE001 - progress must never stop the pass
                 log.warning("%s: progress unavailable: %s", self.folder, exc)
-
-
-class TeacherPassError(RuntimeError):
-    """An engine pass could not get its answers from the teacher."""
 
 
 def failed_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import langcodes
 from langcodes.data_dicts import MACROLANGUAGES
 
+from kakugo.errors import FilterSetupError
 from kakugo.languages import Language
 
 OK, UNKNOWN = "ok", "unknown"
@@ -32,10 +33,6 @@ FILTERS = ("basic", "empty", "dedup", "language_id", "decontamination")
 MEDIA_RE = re.compile(
     r"<\|?\s*(image|video|audio)[^>]{0,20}\|?>|\[\s*(image|video|audio)\s*(\d+|placeholder)?\s*\]",
     re.IGNORECASE)
-
-
-class FilterSetupError(ValueError):
-    """A filter cannot run as configured (e.g. its model cannot be found)."""
 
 
 # --------------------------------------------------------------------------- basic

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from kakugo import layout
 from kakugo.config import RunConfig
 from kakugo.generate import requests as rq
 from kakugo.generate.contexts import iter_texts, truncate_tokens
@@ -39,9 +40,9 @@ ITEM_COLUMNS = ("id", "language", "language_name", "seed", "specific", "system",
 
 
 class GenerationStage(Stage):
-    root = "generate"
-    steps = ("seeds", "expand", "items", "prompts", "revise", "respond")
-    engine_steps = ("seeds", "expand", "items", "revise", "respond")
+    root = layout.GENERATE
+    steps = layout.GENERATE_STEPS
+    engine_steps = layout.ENGINE_STEPS
     config_sections = ("teacher", "student", "generation", "translation", "seed")
 
     def translation_sources(self) -> list[dict[str, Any]]:

@@ -18,12 +18,12 @@ a rerun produces the same ids and resume can skip what exists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kakugo.config import RunConfig
+from kakugo.ids import fraction_of, stable_id
 from kakugo.prompts import render
 
 Row = dict[str, Any]
@@ -48,16 +48,6 @@ TASK_INSTRUCTIONS = {
     "classify": "classify it (its topic, tone or kind of text)",
     "qa": "answer a specific question about its content",
 }
-
-
-def stable_id(*parts: object) -> str:
-    blob = "\x1f".join(str(p) for p in parts)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
-
-
-def fraction_of(key: str, salt: object) -> float:
-    """A deterministic number in [0, 1) for a row: used for sampling decisions."""
-    return int(stable_id("u", salt, key)[:12], 16) / 16**12
 
 
 def make_request(*, language: str, language_name: str, category: str, step: str, parent_id: str,

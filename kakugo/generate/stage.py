@@ -16,11 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from kakugo import layout
 from kakugo.config import RunConfig
 from kakugo.costs import teacher_devices
-from kakugo.generate.engine_pass import Teacher, run_pass, step_stats
+from kakugo.generate.engine_pass import run_pass, step_stats
 from kakugo.languages import Language
 from kakugo.models import ModelSource
+from kakugo.serving import Teacher
 from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.generate")
@@ -69,10 +71,10 @@ class Stage:
 
     # ------------------------------------------------------------------ bookkeeping
     def folder(self, step: str) -> str:
-        return f"{self.root}/{step}"
+        return layout.step_folder(self.root, step)
 
     def manifest(self, step: str) -> dict[str, Any] | None:
-        return self.storage.read_json(f"{self.folder(step)}/_manifest.json", default=None)
+        return self.storage.read_json(layout.manifest(self.folder(step)), default=None)
 
     def is_done(self, step: str) -> bool:
         m = self.manifest(step)
@@ -117,7 +119,7 @@ class Stage:
             s["device_seconds"] = round(seconds * shares[code] / total, 2)
             if step in self.engine_steps:
                 s["engine_seconds"] = s["device_seconds"]
-        self.storage.write_json(f"{self.folder(step)}/_manifest.json", manifest)
+        self.storage.write_json(layout.manifest(self.folder(step)), manifest)
         log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
         for code, s in languages.items():
             log.info("  %-9s %-14s %s", step, code,

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any
 
 from kakugo.config import RunConfig, TranslationConfig
+from kakugo.errors import TranslationSourceError
 from kakugo.generate.requests import Row, make_request, stable_id
 from kakugo.prompts import render
 from kakugo.storage import Storage
@@ -32,10 +33,6 @@ EMBEDDED_SOURCE = "embedded:english-instructions"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # The rules a translated row must pass, in the order they are checked.
 RULES = ("unfinished", "parse", "fields", "roles", "utf8", "turn_count", "token_ratio")
-
-
-class TranslationSourceError(ValueError):
-    """The translation source is missing or not in the expected shape; the message says where."""
 
 
 Turns = list[dict[str, str]]

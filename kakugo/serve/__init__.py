@@ -1,5 +1,5 @@
 """Serving: one Ray Serve OpenAI-compatible app for the teacher and every student."""
 
+from kakugo.errors import ServeConfigError
 
-class ServeConfigError(ValueError):
-    """What to serve cannot be worked out from the config; the message says why."""
+__all__ = ["ServeConfigError"]

@@ -17,14 +17,14 @@ from typing import Any
 
 import pandas as pd
 
+from kakugo import layout
 from kakugo.accelerators import device_of
 from kakugo.config import RunConfig
 from kakugo.costs import training_devices
-from kakugo.generate.assemble import dataset_dir
-from kakugo.generate.requests import fraction_of
+from kakugo.errors import TrainingDataError
+from kakugo.ids import fraction_of
 from kakugo.languages import Language
-from kakugo.models import ModelSource, tuned_model_dir, tuned_model_name
-from kakugo.publish import repo_id
+from kakugo.models import ModelSource, repo_id, tuned_model_name
 from kakugo.storage import Storage, StorageError
 from kakugo.train.data import pack, packing_efficiency, tokenize_conversation
 
@@ -36,10 +36,6 @@ TRAIN, VALIDATION = "train", "validation"
 PACK_WINDOW = 2048
 CONFIG_SECTIONS = ("teacher", "student", "generation", "translation", "filters", "dataset",
                    "training", "seed")
-
-
-class TrainingDataError(ValueError):
-    """The language's dataset cannot give a single training step as configured."""
 
 
 class TokenizeAndPack:
@@ -98,7 +94,7 @@ def prepare_data(config: RunConfig, lang: Language, storage: Storage,
     from ray.data.expressions import col
 
     t = config.training
-    packed = storage.ray_dataset(f"{dataset_dir(lang.flores_code)}/data").map_batches(
+    packed = storage.ray_dataset(layout.dataset_data(lang.flores_code)).map_batches(
         TokenizeAndPack,
         fn_constructor_args=(student_path, t.cutoff_len, t.packing, t.validation_fraction,
                              config.seed),
@@ -135,19 +131,19 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     code = lang.flores_code
-    manifest_path = f"train/{code}/_manifest.json"
+    manifest_path = layout.manifest(layout.train_dir(code))
     digest = config.digest(*CONFIG_SECTIONS)
     previous = storage.read_json(manifest_path, default=None)
     if previous and previous.get("config_hash") == digest:
         log.info("train/%s: done earlier, skipped", code)
         return {"skipped": True, **previous}
     if previous:  # finished under another config: its checkpoints must not be resumed
-        storage.delete(f"train/{code}")
-        storage.delete(f"train/train-{code}")
+        storage.delete(layout.train_dir(code))
+        storage.delete(layout.train_checkpoints(code))
 
-    if not storage.list(f"{code}/dataset/data"):
+    if not storage.list(layout.dataset_data(code)):
         raise TrainingDataError(f"no SFT dataset for {code} at "
-                                f"{storage.uri(f'{code}/dataset/data')}: run the dataset stage "
+                                f"{storage.uri(layout.dataset_data(code))}: run the dataset stage "
                                 "first (kakugo generate)")
     t = config.training
     started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -167,8 +163,8 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "model_name": tuned_model_name(config, lang),
         "dataset_repo": repo_id(config, lang, "dataset"),  # the model card names it
         "output": storage.root,  # absolute: workers do not share the driver's cwd
-        "model_folder": tuned_model_dir(code),
-        "metrics_path": f"train/{code}/metrics.jsonl",
+        "model_folder": layout.tuned_model_dir(code),
+        "metrics_path": layout.train_metrics(code),
         "train_rows": train_rows,
         "steps_per_epoch": per_epoch,
         "total_steps": total_steps,
@@ -205,9 +201,9 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "packing_efficiency": round(efficiency, 4), "total_steps": total_steps,
         "metrics": result.metrics,
         "history": [json.loads(line) for line in
-                    storage.read_text(f"train/{code}/metrics.jsonl").splitlines() if line],
+                    storage.read_text(layout.train_metrics(code)).splitlines() if line],
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "model": storage.uri(tuned_model_dir(code)),
+        "model": storage.uri(layout.tuned_model_dir(code)),
     }
     storage.write_json(manifest_path, manifest)
     log.info("train/%s: finished in %.0f s: %s", code, wall, result.metrics)

@@ -85,7 +85,7 @@ def served(ray_cluster, serve_port, trained):
     """The app of `kakugo serve` on 127.0.0.1: teacher, base student and kakugo-gla."""
     from ray import serve
 
-    from kakugo.serve.app import served_models, start
+    from kakugo.serving import served_models, start
 
     config = load_config("configs/tiny-cpu.yaml", [
         *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd"]',

@@ -15,8 +15,9 @@ import pytest
 
 from kakugo.accelerators import serve_replica_nodes
 from kakugo.config import load_config
-from kakugo.generate.engine_pass import TEACHER_APP, Teacher, TeacherPassError, done_ids, run_pass
+from kakugo.generate.engine_pass import TeacherPassError, done_ids, run_pass
 from kakugo.generate.requests import seed_requests
+from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -35,8 +35,7 @@ def test_a_stage_is_priced_at_the_type_of_the_nodes_that_held_it():
 def test_the_asked_for_gpu_type_reaches_every_engine_bundle_in_rays_engine_config():
     from ray.serve.llm import LLMConfig
 
-    from kakugo.generate.engine_pass import Teacher
-    from kakugo.serve.app import ServedModel, llm_config
+    from kakugo.serving import ServedModel, Teacher, llm_config
 
     config = load_config("configs/tiny-cpu.yaml", [*GPU_RUN,
                                                    "teacher.engine.tensor_parallel_size=2"])
@@ -56,7 +55,7 @@ def test_the_asked_for_gpu_type_reaches_every_engine_bundle_in_rays_engine_confi
 def test_the_teachers_replicas_scale_with_the_pending_work():
     from ray.serve.llm import LLMConfig
 
-    from kakugo.generate.engine_pass import Teacher
+    from kakugo.serving import Teacher
 
     config = load_config("configs/tiny-cpu.yaml", [
         *TINY_STUDENT, "teacher.engine.replicas=2", "teacher.engine.max_replicas=6",

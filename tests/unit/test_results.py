@@ -4,7 +4,7 @@ notebooks/results.ipynb on the e2e run)."""
 
 import pytest
 
-from kakugo import results
+from kakugo import layout, results
 from kakugo.storage import Storage
 
 
@@ -22,7 +22,7 @@ def test_a_missing_stage_output_is_named(tmp_path, table, missing, writer):
 
 def test_rejects_keep_languages_without_any(tmp_path):
     storage = Storage(str(tmp_path))
-    storage.write_json(results.DATASET_MANIFEST, {"languages": {
+    storage.write_json(layout.DATASET_MANIFEST, {"languages": {
         "gla_Latn": {"categories": {"topic": 3}, "rows": 3, "candidates": 5,
                      "rejects": {"basic/unfinished": 2}},
         "cym_Latn": {"categories": {"topic": 1, "translation": 2}, "rows": 3,

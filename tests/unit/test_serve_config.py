@@ -25,7 +25,7 @@ def run(tmp_path, data_dir):
 
 
 def test_teacher_base_and_trained_students_are_served(run):
-    from kakugo.serve.app import served_models
+    from kakugo.serving import served_models
 
     config, langs, storage = run
     models = served_models(config, langs, storage)
@@ -36,7 +36,7 @@ def test_teacher_base_and_trained_students_are_served(run):
 
 
 def test_models_can_be_picked_by_name_and_bad_picks_are_refused(run):
-    from kakugo.serve.app import served_models
+    from kakugo.serving import served_models
 
     config, langs, storage = run
     assert [m.name for m in served_models(config, langs, storage, ["kakugo-gla"])] == ["kakugo-gla"]
@@ -53,7 +53,7 @@ def test_model_names_that_could_be_paths_are_refused(name):
 
 
 def test_a_tuned_name_template_that_makes_a_path_is_refused(run):
-    from kakugo.serve.app import served_models
+    from kakugo.serving import served_models
 
     config, langs, storage = run
     config.student.tuned_name_template = "../{iso639_3}"
@@ -65,7 +65,8 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
     from ray.llm._internal.common.utils.import_utils import load_class
     from ray.serve.llm import LLMServingArgs
 
-    from kakugo.serve.app import KakugoIngress, deploy_config, served_models, serving_args
+    from kakugo.serve.app import KakugoIngress
+    from kakugo.serving import deploy_config, served_models, serving_args
 
     config, langs, storage = run
     models = served_models(config, langs, storage)
@@ -92,7 +93,7 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
 
 
 def test_s3_models_are_mirrored_by_ray_and_gpu_engines_get_gpu_bundles(run):
-    from kakugo.serve.app import ServedModel, llm_config
+    from kakugo.serving import ServedModel, llm_config
 
     config, _, _ = run
     gpu = config.teacher.engine.model_copy(update={"accelerator": "gpu",

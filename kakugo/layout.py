@@ -1,0 +1,109 @@
+"""Where everything of a run lives under its output root: the one place that spells a path.
+
+    run.json, status.json, report.json, report.md     the run, its failures, its report
+    generate/{step}/                                   stages 1-3: teacher passes (parquet)
+    assemble/{step}/                                   stage 4: candidates, dataset stats
+    {flores_code}/dataset/                             stage 4: the language's SFT set
+    train/{flores_code}/                               stage 5: manifest, metrics.jsonl
+    {flores_code}/model/                               stage 5: the exported tuned student
+    eval/{flores_code}/{model}/{task}.json             stage 6: one lm-eval result
+    eval/results.csv, eval/results.md, eval/plots/     stage 6: the tables and plots
+
+Every step folder and every training folder holds a `_manifest.json` (see `manifest`):
+stages write them, and costs, report, results and publish read them, through here.
+Stages and the orchestrator ask this module; none of them spells a path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RUN_MANIFEST = "run.json"
+STATUS = "status.json"  # languages that failed, with the stage and the error
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+GENERATE = "generate"
+ASSEMBLE = "assemble"
+# stages 1-3, in order; the engine steps send requests to the teacher
+GENERATE_STEPS = ("seeds", "expand", "items", "prompts", "revise", "respond")
+ENGINE_STEPS = ("seeds", "expand", "items", "revise", "respond")
+# stage 4
+ASSEMBLE_STEPS = ("candidates", "dataset")
+
+DATASET_MANIFEST = f"{ASSEMBLE}/dataset/_manifest.json"  # stage 4's per-language stats
+EVAL_TABLE = "eval/results.csv"
+EVAL_MARKDOWN = "eval/results.md"
+MANIFEST = "_manifest.json"
+
+
+def step_folder(stage: str, step: str) -> str:
+    """A step's parquet folder: generate/{step} or assemble/{step}."""
+    return f"{stage}/{step}"
+
+
+def manifest(folder: str) -> str:
+    """The manifest of a step folder or a training folder."""
+    return f"{folder}/{MANIFEST}"
+
+
+def dataset_dir(flores_code: str) -> str:
+    """Where a language's SFT set is written (data/, validation/, card, dataset_info)."""
+    return f"{flores_code}/dataset"
+
+
+def dataset_data(flores_code: str) -> str:
+    """The training rows of a language's SFT set (parquet)."""
+    return f"{dataset_dir(flores_code)}/data"
+
+
+def train_dir(flores_code: str) -> str:
+    """A language's training manifest and metrics."""
+    return f"train/{flores_code}"
+
+
+def train_metrics(flores_code: str) -> str:
+    return f"{train_dir(flores_code)}/metrics.jsonl"
+
+
+def train_checkpoints(flores_code: str) -> str:
+    """Ray Train's run folder (checkpoints) of a language, under train/."""
+    return f"train/train-{flores_code}"
+
+
+def tuned_model_dir(flores_code: str) -> str:
+    """Where training exports a language's model."""
+    return f"{flores_code}/model"
+
+
+def eval_dir(flores_code: str) -> str:
+    return f"eval/{flores_code}"
+
+
+def result_path(flores_code: str, task: str, model: str) -> str:
+    """One model's lm-eval results for one task of one language."""
+    return f"{eval_dir(flores_code)}/{model}/{task}.json"
+
+
+def eval_plot(task: str) -> str:
+    return f"eval/plots/{task}.png"
+
+
+def stage_manifest_folders(codes: list[str]) -> list[str]:
+    """Every folder whose manifest the report and the ledger read."""
+    return ([step_folder(GENERATE, s) for s in GENERATE_STEPS]
+            + [step_folder(ASSEMBLE, s) for s in ASSEMBLE_STEPS]
+            + [train_dir(code) for code in codes])
+
+
+def read_manifests(storage: Any, codes: list[str]) -> dict[str, dict[str, Any]]:
+    """Every manifest a run's report and ledger read, each read once, keyed by folder
+    ("generate/{step}", "assemble/{step}", "train/{code}"; {} where none was written)."""
+    return {folder: storage.read_json(manifest(folder), default=None) or {}
+            for folder in stage_manifest_folders(codes)}
+
+
+def result_files(storage: Any, flores_code: str) -> list[str]:
+    """Every result written for one language (any model, any task)."""
+    return [name for name in storage.list(eval_dir(flores_code), recursive=True)
+            if name.endswith(".json")]
