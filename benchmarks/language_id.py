@@ -16,7 +16,7 @@ import platform
 import time
 from pathlib import Path
 
-from kakugo.generate.filters import LanguageIdentifier, _accepted
+from kakugo.dataset.filters import LanguageIdentifier, _accepted
 from kakugo.languages import eval_data_dir, paper54
 
 

@@ -31,14 +31,14 @@ DEFAULT_OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=n
 
 def batch_run(config, languages, root: str) -> dict:
     """Our flow: one run of the generation and dataset stages for the whole batch."""
-    from kakugo.generate.assemble import assemble
+    from kakugo.dataset.stage import build_datasets
     from kakugo.generate.pipeline import generate
     from kakugo.storage import Storage
 
     storage = Storage(root)
     started = time.monotonic()
     manifests = generate(config, languages, storage)
-    datasets = assemble(config, languages, storage)
+    datasets = build_datasets(config, languages, storage)
     wall = time.monotonic() - started
     return summarize(wall, manifests, datasets, languages)
 
@@ -46,7 +46,7 @@ def batch_run(config, languages, root: str) -> dict:
 def reference_run(config, languages, root: str) -> dict:
     """The reference flow: per language, the steps one after another, each engine step
     with its own engine start (deploy, run the pass, tear down)."""
-    from kakugo.generate.assemble import assemble
+    from kakugo.dataset.stage import build_datasets
     from kakugo.generate.pipeline import GenerationStage
     from kakugo.serving import Teacher
     from kakugo.storage import Storage
@@ -69,7 +69,7 @@ def reference_run(config, languages, root: str) -> dict:
         storage = Storage(f"{root}/{lang.flores_code}")
         lang_started = time.monotonic()
         manifests = OneEnginePerStep(config, [lang], storage).run()
-        datasets = assemble(config, [lang], storage)
+        datasets = build_datasets(config, [lang], storage)
         per_language[lang.flores_code] = summarize(time.monotonic() - lang_started,
                                                    manifests, datasets, [lang])
     wall = time.monotonic() - started

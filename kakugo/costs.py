@@ -5,7 +5,7 @@ the nodes that held its work, see kakugo.accelerators; "CPU" without GPUs) and
 device-seconds (seconds x devices held):
   generate   generate/{step}/_manifest.json   engine steps: replica-seconds x GPUs per engine
                                               (split over languages by tokens processed)
-  dataset    assemble/{step}/_manifest.json   CPU work, split over languages by rows
+  dataset    dataset/{step}/_manifest.json    CPU work, split over languages by rows
   train      train/{code}/_manifest.json      workers x GPUs per worker
   evaluate   eval/{code}/{model}/{task}.json  one engine per model while lm-eval runs
 `ledger` reads them back and prices them with `cluster.price_per_hour`.
@@ -83,7 +83,7 @@ def ledger(config: RunConfig, languages: list[Language], storage: Storage,
 
     for folder, manifest in manifests.items():
         root = folder.split("/", 1)[0]
-        if root in (layout.GENERATE, layout.ASSEMBLE):
+        if root in (layout.GENERATE, layout.DATASET):
             stage = "generate" if root == layout.GENERATE else "dataset"
             for code, entry in manifest.get("languages", {}).items():
                 add(code, stage, manifest.get("device"), entry.get("device_seconds"))

@@ -2,7 +2,7 @@
 
     run.json, status.json, report.json, report.md     the run, its failures, its report
     generate/{step}/                                   stages 1-3: teacher passes (parquet)
-    assemble/{step}/                                   stage 4: candidates, dataset stats
+    dataset/candidates/, dataset/sft/_manifest.json    stage 4: candidates, the sets' stats
     {flores_code}/dataset/                             stage 4: the language's SFT set
     train/{flores_code}/                               stage 5: manifest, metrics.jsonl
     {flores_code}/model/                               stage 5: the exported tuned student
@@ -11,7 +11,9 @@
 
 Every step folder and every training folder holds a `_manifest.json` (see `manifest`):
 stages write them, and costs, report, results and publish read them, through here.
-Stages and the orchestrator ask this module; none of them spells a path.
+Stages and the orchestrator ask this module; none of them spells a path. (Output roots
+written before stage 4 had this name kept it under assemble/: there the stage is redone
+from the generated rows, into the same SFT sets, and nothing else.)
 """
 
 from __future__ import annotations
@@ -24,21 +26,21 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
 GENERATE = "generate"
-ASSEMBLE = "assemble"
+DATASET = "dataset"
 # stages 1-3, in order; the engine steps send requests to the teacher
 GENERATE_STEPS = ("seeds", "expand", "items", "prompts", "revise", "respond")
 ENGINE_STEPS = ("seeds", "expand", "items", "revise", "respond")
-# stage 4
-ASSEMBLE_STEPS = ("candidates", "dataset")
+# stage 4: every candidate row with its verdicts, then the languages' SFT sets
+DATASET_STEPS = ("candidates", "sft")
 
-DATASET_MANIFEST = f"{ASSEMBLE}/dataset/_manifest.json"  # stage 4's per-language stats
+DATASET_MANIFEST = f"{DATASET}/sft/_manifest.json"  # stage 4's per-language stats
 EVAL_TABLE = "eval/results.csv"
 EVAL_MARKDOWN = "eval/results.md"
 MANIFEST = "_manifest.json"
 
 
 def step_folder(stage: str, step: str) -> str:
-    """A step's parquet folder: generate/{step} or assemble/{step}."""
+    """A step's parquet folder: generate/{step} or dataset/{step}."""
     return f"{stage}/{step}"
 
 
@@ -92,13 +94,13 @@ def eval_plot(task: str) -> str:
 def stage_manifest_folders(codes: list[str]) -> list[str]:
     """Every folder whose manifest the report and the ledger read."""
     return ([step_folder(GENERATE, s) for s in GENERATE_STEPS]
-            + [step_folder(ASSEMBLE, s) for s in ASSEMBLE_STEPS]
+            + [step_folder(DATASET, s) for s in DATASET_STEPS]
             + [train_dir(code) for code in codes])
 
 
 def read_manifests(storage: Any, codes: list[str]) -> dict[str, dict[str, Any]]:
     """Every manifest a run's report and ledger read, each read once, keyed by folder
-    ("generate/{step}", "assemble/{step}", "train/{code}"; {} where none was written)."""
+    ("generate/{step}", "dataset/{step}", "train/{code}"; {} where none was written)."""
     return {folder: storage.read_json(manifest(folder), default=None) or {}
             for folder in stage_manifest_folders(codes)}
 

@@ -56,7 +56,7 @@ def language_summary(config: RunConfig, lang: Language, storage: Storage,
             generated[step] = entry["rows"]
             for kind in tokens:
                 tokens[kind] += entry.get(f"{kind}_tokens", 0)
-    dataset = manifests[layout.step_folder(layout.ASSEMBLE, "dataset")]
+    dataset = manifests[layout.step_folder(layout.DATASET, "sft")]
     trained = manifests[layout.train_dir(code)]
     training = None
     if trained:
@@ -143,7 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed languages", ""]
         lines += [f"- {lang['flores_code']} ({lang['name']}), in {lang['failed_stage']}: "
                   f"{_cell(lang['error'])}" for lang in failed]
-    from kakugo.generate.assemble import VERDICTS  # the order the checks decide in
+    from kakugo.dataset.stage import VERDICTS  # the order the checks decide in
 
     checks = [(lang["flores_code"], name, lang["filters"][name])
               for lang in report["languages"] for name in VERDICTS

@@ -94,9 +94,9 @@ def run_stage(stage: str, config: RunConfig, languages: list[Language],
 
         return generate(config, languages, storage)
     if stage == "dataset":  # filters and the SFT set of each language (stage 4)
-        from kakugo.generate.assemble import assemble
+        from kakugo.dataset.stage import build_datasets
 
-        return assemble(config, languages, storage)
+        return build_datasets(config, languages, storage)
     if stage == "train":  # full fine-tuning of the student per language (stage 5)
         from kakugo.train.trainer import train
 

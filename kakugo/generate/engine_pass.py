@@ -29,13 +29,13 @@ from kakugo.generate.reasoning import split_think_tags
 from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.prompts import list_schema
 from kakugo.serving import TEACHER_APP, Teacher
+from kakugo.steps import FAILED, step_stats
 from kakugo.storage import Storage
 from kakugo.teacher import reasoning_parser
 
 log = logging.getLogger("kakugo.generate")
 
 ROW_ID = "kakugo_row_id"
-FAILED = "failed"  # finish_reason of a request the teacher never answered
 OUTPUT_COLUMNS = ("text", "reasoning", "items", "finish_reason", "prompt_tokens",
                   "completion_tokens", "reasoning_tokens", "error")
 
@@ -256,52 +256,6 @@ def output_row(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("__inference_error__"):
         return failed_row(row)
     return {k: v for k, v in row.items() if k != "__inference_error__"}
-
-
-def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...] = ()
-               ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Per-language counts of a step's rows, from a few small columns of its parquet files
-    read once: rows, categories, and for engine passes tokens (prompt, completion, and
-    of the completion the reasoning trace's), errors, unfinished and failed (never
-    answered) requests. Languages in `codes` are there even without rows.
-    Also the first failed request's error ("" if none)."""
-    import pandas as pd
-    import pyarrow.dataset as pads
-
-    table = pd.DataFrame({"language": pd.Series(dtype=str)})
-    wanted: list[str] = []
-    if storage.list(folder, recursive=True):
-        dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
-                               partitioning="hive")
-        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens",
-                              "reasoning_tokens", "error", "finish_reason")
-                  if c in dataset.schema.names]
-        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
-    stats: dict[str, dict[str, Any]] = {}
-    for code in dict.fromkeys([*codes, *sorted(table["language"].unique())]):
-        group = table[table["language"] == code]
-        entry: dict[str, Any] = {"rows": len(group)}
-        if "category" in wanted:
-            entry["categories"] = {str(k): int(v) for k, v in
-                                   group["category"].value_counts().sort_index().items()}
-        if "prompt_tokens" in wanted:
-            entry.update(
-                prompt_tokens=int(group["prompt_tokens"].sum()),
-                completion_tokens=int(group["completion_tokens"].sum()),
-                # of the completion tokens, those of reasoning traces (absent in outputs
-                # written before they were counted)
-                reasoning_tokens=int(group["reasoning_tokens"].sum())
-                if "reasoning_tokens" in wanted else 0,
-                errors=int((group["error"] != "").sum()),
-                unfinished=int((group["finish_reason"] != "stop").sum()),
-                failed=int((group["finish_reason"] == FAILED).sum()),
-            )
-        stats[code] = entry
-    first = ""
-    if "finish_reason" in wanted:
-        failed = table[table["finish_reason"] == FAILED]
-        first = str(failed["error"].iloc[0]) if len(failed) else ""
-    return stats, first
 
 
 def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,

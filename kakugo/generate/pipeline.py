@@ -28,10 +28,11 @@ from kakugo import layout
 from kakugo.config import RunConfig
 from kakugo.generate import requests as rq
 from kakugo.generate.contexts import iter_texts, truncate_tokens
-from kakugo.generate.stage import Stage, flat_map, frame
+from kakugo.generate.engine_pass import run_pass
 from kakugo.generate.translate import load_source, translation_requests
 from kakugo.languages import Language, eval_data_dir
 from kakugo.models import ModelSource
+from kakugo.steps import Stage, flat_map, frame
 from kakugo.storage import Storage, StorageError
 
 log = logging.getLogger("kakugo.generate")
@@ -44,6 +45,10 @@ class GenerationStage(Stage):
     steps = layout.GENERATE_STEPS
     engine_steps = layout.ENGINE_STEPS
     config_sections = ("teacher", "student", "generation", "translation", "seed")
+
+    def engine_pass(self, requests, step: str) -> dict[str, Any]:
+        return run_pass(requests, self.config, self._teacher, self.storage, self.folder(step),
+                        self.codes)
 
     def translation_sources(self) -> list[dict[str, Any]]:
         """The English conversations to translate (the same ones for every language)."""

@@ -32,7 +32,6 @@ from kakugo.storage import Storage
 EMBEDDED_SOURCE = "embedded:english-instructions"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # The rules a translated row must pass, in the order they are checked.
-RULES = ("unfinished", "parse", "fields", "roles", "utf8", "turn_count", "token_ratio")
 
 
 Turns = list[dict[str, str]]
@@ -174,41 +173,3 @@ def translation_requests(language: str, language_name: str, sources: list[dict[s
             max_tokens=config.translation.max_tokens, system=system,
             user=render("translate", language=language_name, n=len(turns),
                         conversation=json.dumps({"turns": turns}, ensure_ascii=False, indent=1)))
-
-
-def check_translation(source: Turns, reply: str, *, finished: bool,
-                      count_tokens: Callable[[str], int],
-                      cfg: TranslationConfig) -> tuple[Turns, str, str]:
-    """(turns, rule, detail): rule is "" when the translation is kept, else the first of
-    RULES it fails, with a detail naming the turn and value."""
-    if not finished:
-        return [], "unfinished", "the reply was cut off or failed"
-    try:
-        parsed = json.loads(reply, strict=False)
-        turns = parsed["turns"] if isinstance(parsed, dict) else parsed
-        if not isinstance(turns, list):
-            raise TypeError("not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        return [], "parse", f"not a JSON list of turns: {exc}"
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or set(turn) != {"role", "content"} or \
-                not all(isinstance(v, str) for v in turn.values()):
-            return [], "fields", f"turn {i} must have exactly string 'role' and 'content'"
-    for i, turn in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if turn["role"] != expected:
-            return [], "roles", f"turn {i} has role {turn['role']!r}, expected {expected!r}"
-    for i, turn in enumerate(turns):
-        try:
-            turn["content"].encode("utf-8")
-        except UnicodeEncodeError:
-            return [], "utf8", f"turn {i} is not valid UTF-8"
-    if len(turns) != len(source):
-        return [], "turn_count", f"{len(turns)} turns, the source has {len(source)}"
-    for i, (new, old) in enumerate(zip(turns, source, strict=True)):
-        ratio = count_tokens(new["content"]) / max(count_tokens(old["content"]), 1)
-        if not cfg.min_token_ratio <= ratio <= cfg.max_token_ratio:
-            return [], "token_ratio", (
-                f"turn {i}: translated/source token ratio {ratio:.2f} outside "
-                f"[{cfg.min_token_ratio}, {cfg.max_token_ratio}]")
-    return turns, "", ""

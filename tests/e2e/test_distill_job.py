@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from kakugo.config import load_config
-from kakugo.generate.assemble import AssembleStage
+from kakugo.dataset.stage import DatasetStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
 from tests.conftest import REPO, TINY_STUDENT
@@ -156,7 +156,7 @@ def run(s3_server, two_node_cluster):
     ray_job(cluster, "stop", "kakugo-e2e-stopped")
     assert wait_for(cluster, "kakugo-e2e-stopped", timeout=120) == "STOPPED"
     interrupted = {"stopped_log": job_logs(cluster, "kakugo-e2e-stopped"),
-                   "dataset_before": storage.exists("assemble/dataset/_manifest.json"),
+                   "dataset_before": storage.exists("dataset/sft/_manifest.json"),
                    "first_pass_before": listing(s3, bucket, f"runs/demo/generate/{STEPS[0]}/")}
     # 2. submitted again: resumes generation and goes on; the S3 endpoint goes down once
     # the evaluation has written a result, and the job must fail with a storage error
@@ -345,7 +345,7 @@ def test_submitting_again_does_no_engine_or_training_work(run):
     before = listing(run["s3"], run["bucket"], "runs/demo/", rewritten)
     log = run_to_success(run["cluster"], run["out"], "kakugo-e2e-again")
     assert log.count("done earlier, skipped") == (
-        len(STEPS) + len(AssembleStage.steps) + len(LANGS))
+        len(STEPS) + len(DatasetStage.steps) + len(LANGS))
     assert TEACHER_READY not in log  # no engine started
     assert TRAIN_WORKER not in log  # no training worker
     assert "evaluate gla_Latn" not in log  # no lm-eval run
@@ -359,7 +359,7 @@ def dataset_rows(run, lang, part):
 
 
 def test_translations_are_checked_and_every_candidate_has_a_verdict(run):
-    candidates = rows(run, "candidates", root="assemble")
+    candidates = rows(run, "candidates", root="dataset")
     translated = [r for r in candidates if r["kind"] == "translated"]
     assert len(translated) == len(LANGS) * 8
     assert all(r["translation"] for r in translated)

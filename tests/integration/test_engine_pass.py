@@ -122,7 +122,8 @@ def test_a_reasoning_teacher_keeps_the_trace_vllm_parsed(ray_cluster, serve_port
     the trace, within the list budget plus the reasoning budget."""
     import ray
 
-    from kakugo.generate.assemble import response_candidate, sft_messages
+    from kakugo.dataset.stage import response_candidate
+    from kakugo.dataset.writer import sft_messages
     from tests.scripted_model import ANSWER, TRACE, build_scripted_model
 
     model = build_scripted_model(tmp_path / "reasoner")

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "kakugo"
 LAYERS = {  # what each top-level module or package is; a module imports its layer or below
     "foundation": {"config", "languages", "storage", "layout", "errors", "ids", "logs",
                    "prompts", "install_fixups", "accelerators"},
-    "service": {"teacher", "serving", "models", "costs"},
-    "stage": {"generate", "train", "serve", "evaluate"},
+    "service": {"teacher", "serving", "models", "costs", "steps"},
+    "stage": {"generate", "dataset", "train", "serve", "evaluate"},
     "entry": {"cli", "run", "report", "results", "publish", "config_reference"},
 }
 RANK = {"foundation": 0, "service": 1, "stage": 2, "entry": 3}

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from kakugo.config import load_config
-from kakugo.generate import assemble
-from kakugo.generate.assemble import CANDIDATE_COLUMNS, AssembleStage
+from kakugo.dataset import stage as dataset_stage
+from kakugo.dataset.stage import CANDIDATE_COLUMNS, DatasetStage
 from kakugo.languages import resolve
 from kakugo.storage import Storage
 
@@ -23,16 +23,16 @@ def candidate(i: int, language: str, reject: str) -> dict:
 
 
 def test_kept_and_rejected_rows_are_split_per_language(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(assemble, "WRITE_BATCH_ROWS", 4)  # several files per folder
+    monkeypatch.setattr(dataset_stage, "WRITE_BATCH_ROWS", 4)  # several files per folder
     storage = Storage(str(tmp_path))
     rows = [candidate(i, "gla_Latn", "dedup: near duplicate" if i % 3 == 0 else "")
             for i in range(11)] + [candidate(99, "cym_Latn", "")]
     for code in ("gla_Latn", "cym_Latn"):
         table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "language"}
                                       for r in rows if r["language"] == code])
-        storage.write_parquet(f"assemble/candidates/language={code}/part-0.parquet", table)
+        storage.write_parquet(f"dataset/candidates/language={code}/part-0.parquet", table)
     config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}"])
-    stage = AssembleStage(config, [resolve("gd", data_dir)], storage)
+    stage = DatasetStage(config, [resolve("gd", data_dir)], storage)
     stats = stage.write_language(resolve("gd", data_dir))
 
     def read(part):
@@ -53,7 +53,7 @@ def test_kept_and_rejected_rows_are_split_per_language(tmp_path, data_dir, monke
 
 
 def test_the_token_limited_variant_fills_its_budget_with_answers_first(tmp_path, data_dir):
-    from kakugo.generate.assemble import TokenCounter, sft_messages
+    from kakugo.dataset.writer import TokenCounter, sft_messages
     from kakugo.models import ModelSource
 
     storage = Storage(str(tmp_path))
@@ -61,7 +61,7 @@ def test_the_token_limited_variant_fills_its_budget_with_answers_first(tmp_path,
                                             "reasoning": "smaoin " * 40,
                                             "language_id": "wrong:eng"}
             for i in range(10)]
-    storage.write_parquet("assemble/candidates/language=gla_Latn/part-0.parquet",
+    storage.write_parquet("dataset/candidates/language=gla_Latn/part-0.parquet",
                           pa.Table.from_pylist([{k: v for k, v in r.items() if k != "language"}
                                                 for r in rows]))
     config = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}",
@@ -74,7 +74,7 @@ def test_the_token_limited_variant_fills_its_budget_with_answers_first(tmp_path,
                                                    "filters.language_id=annotate",
                                                    f"dataset.token_budget={budget}"])
     lang = resolve("gd", data_dir)
-    stats = AssembleStage(config, [lang], storage).write_language(lang)
+    stats = DatasetStage(config, [lang], storage).write_language(lang)
     kept = pads.dataset(storage.path("gla_Latn/dataset/data"), format="parquet",
                         filesystem=storage.fs).to_table().to_pylist()
     assert len(kept) == 10 and stats["rows_with_trace"] == 1
@@ -91,7 +91,7 @@ def test_the_token_limited_variant_fills_its_budget_with_answers_first(tmp_path,
     small = load_config("configs/tiny-cpu.yaml", [f"output={tmp_path}",
                                                   "filters.language_id=annotate",
                                                   f"dataset.token_budget={sum(answers[:4])}"])
-    stats = AssembleStage(small, [lang], storage).write_language(lang)
+    stats = DatasetStage(small, [lang], storage).write_language(lang)
     rejected = pads.dataset(storage.path("gla_Latn/dataset/rejects"), format="parquet",
                             filesystem=storage.fs).to_table().to_pylist()
     assert stats["rows"] + len(rejected) == 10 and stats["rows_with_trace"] == 0

@@ -3,16 +3,8 @@ import json
 import pytest
 
 from kakugo.config import FiltersConfig, load_config
-from kakugo.generate.assemble import (
-    CANDIDATE_COLUMNS,
-    dedup_language,
-    failing,
-    judge,
-    llamafactory_info,
-    reject_rule,
-    sft_messages,
-)
-from kakugo.generate.filters import (
+from kakugo.dataset.card import llamafactory_info
+from kakugo.dataset.filters import (
     ContaminationIndex,
     FilterSetupError,
     LanguageIdentifier,
@@ -21,6 +13,14 @@ from kakugo.generate.filters import (
     empty_verdict,
     lid_model_path,
 )
+from kakugo.dataset.stage import (
+    CANDIDATE_COLUMNS,
+    dedup_language,
+    failing,
+    judge,
+    reject_rule,
+)
+from kakugo.dataset.writer import sft_messages
 from kakugo.languages import resolve
 
 
@@ -232,7 +232,7 @@ def test_llamafactory_entry(data_dir):
 
 
 def test_token_budget_takes_answers_first_then_traces_in_a_seeded_order():
-    from kakugo.generate.assemble import budget_plan
+    from kakugo.dataset.writer import budget_plan
 
     rows = [(f"r{i}", 10, 30) for i in range(10)] + [("t0", 12, 0), ("t1", 12, 0)]
     everything = sum(a + x for _, a, x in rows)
@@ -270,7 +270,7 @@ def test_decontamination_reads_the_hub_datasets_without_a_local_copy(tmp_path, m
     """The hub loading code on local stand-ins of FLORES+, SIB-200 and Belebele (real
     Yoruba sentences); without them, and offline, it refuses to run instead of passing."""
     from kakugo import languages
-    from kakugo.generate.filters import eval_texts
+    from kakugo.dataset.filters import eval_texts
 
     yo = resolve("yo", data_dir)
     flores = (data_dir / "flores200" / "devtest" / "yor_Latn.devtest").read_text().splitlines()

@@ -16,7 +16,7 @@ import yaml
 
 from kakugo.cli import main
 from kakugo.config import load_config
-from kakugo.generate.assemble import dataset_card
+from kakugo.dataset.card import dataset_card
 from kakugo.languages import resolve
 from kakugo.publish import PublishError, card_header, plan, push
 from kakugo.storage import Storage

@@ -23,7 +23,7 @@ def test_report_prices_every_stage_and_summarizes_each_language(tmp_path, data_d
     checks = {"basic": {"action": "drop", "dropped": 4, "annotated": 0},
               "language_id": {"action": "annotate", "dropped": 0, "annotated": 6},
               "dedup": {"action": "off", "dropped": 0, "annotated": 0}}
-    storage.write_json("assemble/dataset/_manifest.json", {"device": "CPU", "languages": {
+    storage.write_json("dataset/sft/_manifest.json", {"device": "CPU", "languages": {
         "gla_Latn": {"rows": 15, "device_seconds": 36.0, "filters": checks},
         "cym_Latn": {"rows": 2, "device_seconds": 36.0}}})
     storage.write_json("train/gla_Latn/_manifest.json", {

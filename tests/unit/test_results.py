@@ -11,8 +11,8 @@ from kakugo.storage import Storage
 @pytest.mark.parametrize("table, missing, writer", [
     (results.status, "report.json", "the report stage"),
     (results.costs, "report.json", "the report stage"),
-    (results.dataset_sizes, "assemble/dataset/_manifest.json", "the dataset stage"),
-    (results.samples, "assemble/dataset/_manifest.json", "the dataset stage"),
+    (results.dataset_sizes, "dataset/sft/_manifest.json", "the dataset stage"),
+    (results.samples, "dataset/sft/_manifest.json", "the dataset stage"),
     (results.scores, "eval/results.csv", "the evaluate stage"),
 ])
 def test_a_missing_stage_output_is_named(tmp_path, table, missing, writer):

@@ -106,7 +106,7 @@ def test_an_s3_outage_is_a_clear_error_and_loses_nothing(s3_server, monkeypatch)
         # a step that fails in its own words (as Ray Data's readers do) while the storage
         # is down fails as a StorageError that says so; its finished steps are kept
         from kakugo.config import load_config
-        from kakugo.generate.stage import Stage
+        from kakugo.steps import Stage
 
         class TwoSteps(Stage):
             root, steps, config_sections = "demo", ("first", "second"), ("seed",)

@@ -3,10 +3,10 @@ import json
 import pytest
 
 from kakugo.config import TranslationConfig, load_config
+from kakugo.dataset.filters import check_translation
 from kakugo.generate.translate import (
     EMBEDDED_SOURCE,
     TranslationSourceError,
-    check_translation,
     conversation_schema,
     load_source,
     to_turns,

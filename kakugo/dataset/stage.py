@@ -1,18 +1,20 @@
 """Stage 4: the SFT dataset of each language, from the generated responses and the
 translated conversations, after the quality filters.
 
-    candidates : one row per response and per translation, with a verdict column per
+    dataset/candidates : one row per response and per translation, with a verdict column per
                  filter (translation rules, basic, empty, language_id, decontamination,
                  dedup) and `reject` (the first failing filter whose action is drop,
                  "" = kept); a failing verdict of a filter that only annotates stays in
                  its column and is counted in the card
-    dataset    : per language, `{output}/{flores_code}/dataset/`:
+    dataset/sft        : the stats of every language's SFT set, written per language at
+                 `{output}/{flores_code}/dataset/`:
                    data/*.parquet     kept rows, `messages` in OpenAI chat format
                    rejects/*.parquet  rejected rows with the rule that failed
                    README.md          dataset card (YAML header with sizes and counts)
                    dataset_info.json  LLaMA-Factory entry for data/ (sharegpt/openai tags)
 
-A language with fewer kept rows than `filters.min_rows_per_language` is marked failed
+The filters are in kakugo/dataset/filters.py, the rows' format and the token budget in
+writer.py, the card in card.py. A language with fewer kept rows than `filters.min_rows_per_language` is marked failed
 (its counts in the error) and is not trained on a token-sized set; the others go on.
 """
 
@@ -29,21 +31,31 @@ import pandas as pd
 from kakugo import layout
 from kakugo.config import FiltersConfig, RunConfig
 from kakugo.costs import teacher_devices
-from kakugo.generate.filters import (
+from kakugo.dataset.card import dataset_card, llamafactory_info
+from kakugo.dataset.filters import (
     OK,
     UNKNOWN,
     LanguageIdentifier,
     basic_verdict,
+    check_translation,
     contamination_index,
     duplicates,
     empty_verdict,
 )
-from kakugo.generate.stage import Stage, frame
-from kakugo.generate.translate import check_translation
+from kakugo.dataset.writer import (
+    REJECT_COLUMNS,
+    SFT_COLUMNS,
+    WRITE_BATCH_ROWS,
+    TokenCounter,
+    budget_plan,
+    has_trace,
+    sft_messages,
+)
 from kakugo.languages import Language, eval_data_dir
+from kakugo.steps import Stage, frame
 from kakugo.storage import Storage
 
-log = logging.getLogger("kakugo.generate")
+log = logging.getLogger("kakugo.dataset")
 
 CANDIDATE_COLUMNS = (
     "id", "language", "category", "kind", "task", "prompt", "response", "reasoning",
@@ -53,10 +65,6 @@ CANDIDATE_COLUMNS = (
 )
 # Filter verdict columns, in the order a reject reason is chosen.
 VERDICTS = ("translation", "basic", "empty", "language_id", "decontamination", "dedup")
-SFT_COLUMNS = ("id", "language", "category", "kind", "messages")
-WRITE_BATCH_ROWS = 10_000  # rows per dataset file
-REJECT_COLUMNS = ("id", "language", "category", "kind", "reject", "prompt", "response",
-                  "turns")
 
 
 def _candidate(row: dict[str, Any], kind: str, **values: Any) -> dict[str, Any]:
@@ -192,65 +200,6 @@ def dedup_language(group: pd.DataFrame, filters: FiltersConfig) -> pd.DataFrame:
     return frame(rows, CANDIDATE_COLUMNS)
 
 
-def sft_messages(row: dict[str, Any], config: RunConfig,
-                 trace: bool = True) -> list[dict[str, str]]:
-    """The training conversation of a kept candidate (OpenAI chat format): generated rows
-    think inside <think> tags first (`trace`) or give the answer only; translated rows are
-    plain."""
-    ds = config.dataset
-    if row["kind"] == "translated":
-        return [{"role": "system", "content": ds.concise_system_prompt},
-                *json.loads(row["turns"])]
-    if not trace:
-        return [{"role": "system", "content": ds.concise_system_prompt},
-                {"role": "user", "content": row["prompt"]},
-                {"role": "assistant", "content": row["response"]}]
-    answer = f"<think>\n{row['reasoning']}\n</think>\n\n{row['response']}"
-    return [{"role": "system", "content": ds.think_system_prompt},
-            {"role": "user", "content": row["prompt"]},
-            {"role": "assistant", "content": answer}]
-
-
-def has_trace(row: dict[str, Any]) -> bool:
-    return row["kind"] == "generated"
-
-
-def budget_plan(rows: list[tuple[str, int, int]], budget: int,
-                seed: int) -> tuple[dict[str, bool], int]:
-    """The token-limited variant's choice: ({row id: with its trace?}, tokens used) for
-    rows given as (id, tokens as an answer only, tokens the trace adds). Rows are taken in
-    a seeded order, first as answers while they fit in `budget`, then the same order again
-    gets traces while they fit: target-language answer tokens before reasoning tokens.
-    Rows not in the plan do not fit."""
-    from kakugo.ids import fraction_of
-
-    order = sorted(rows, key=lambda r: fraction_of(r[0], ("token_budget", seed)))
-    plan: dict[str, bool] = {}
-    used = 0
-    for row_id, answer, _ in order:
-        if used + answer <= budget:
-            plan[row_id], used = False, used + answer
-    for row_id, _, extra in order:
-        if row_id in plan and extra and used + extra <= budget:
-            plan[row_id], used = True, used + extra
-    return plan, used
-
-
-class TokenCounter:
-    """Tokens of a training conversation's message contents (the student's tokenizer)."""
-
-    def __init__(self, student_path: str):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(student_path)
-
-    def __call__(self, conversations: list[list[dict[str, str]]]) -> list[int]:
-        contents = [m["content"] for c in conversations for m in c]
-        lengths = iter(len(ids) for ids in self.tokenizer(
-            contents, add_special_tokens=False)["input_ids"]) if contents else iter(())
-        return [sum(next(lengths) for _ in c) for c in conversations]
-
-
 def filter_summary(counts: pd.DataFrame, filters: FiltersConfig) -> dict[str, dict[str, Any]]:
     """Per check: its action and how many of a language's candidates it dropped (the first
     dropping check names a reject) and flagged without dropping (a failing verdict on a
@@ -266,9 +215,9 @@ def filter_summary(counts: pd.DataFrame, filters: FiltersConfig) -> dict[str, di
     return out
 
 
-class AssembleStage(Stage):
-    root = layout.ASSEMBLE
-    steps = layout.ASSEMBLE_STEPS
+class DatasetStage(Stage):
+    root = layout.DATASET
+    steps = layout.DATASET_STEPS
     config_sections = ("teacher", "student", "generation", "translation", "filters",
                        "dataset", "seed")
 
@@ -299,7 +248,7 @@ class AssembleStage(Stage):
         return judged.groupby("language", num_partitions=len(self.codes)).map_groups(
             lambda group: dedup_language(group, filters), batch_format="pandas")
 
-    def build_dataset(self) -> dict[str, dict[str, Any]]:
+    def build_sft(self) -> dict[str, dict[str, Any]]:
         stats = {}
         for lang in self.languages:
             stats[lang.flores_code] = self.write_language(lang)
@@ -427,105 +376,13 @@ class AssembleStage(Stage):
                 "accelerator": ", ".join(sorted(devices)) or teacher_devices(self.config)[0]}
 
 
-def dataset_name(lang: Language) -> str:
-    return f"kakugo-{lang.tag}"
-
-
-def llamafactory_info(lang: Language) -> dict[str, Any]:
-    """A LLaMA-Factory `dataset_info.json` entry for `data/` (openai-style messages)."""
-    return {dataset_name(lang).replace("-", "_"): {
-        "file_name": "data",
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                 "assistant_tag": "assistant", "system_tag": "system"},
-    }}
-
-
-def _size_category(rows: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
-        if rows < limit:
-            return name
-    return "100K<n<1M"
-
-
-def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> str:
-    import yaml
-
-    header = {
-        "language": [lang.tag],
-        "license": config.dataset.license,
-        "pretty_name": f"Kakugo {lang.name} SFT data",
-        "size_categories": [_size_category(stats["rows"])],
-        "task_categories": ["text-generation"],
-        "tags": ["kakugo", "synthetic", "distillation"],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        "kakugo": {
-            "flores_code": lang.flores_code,
-            "iso639_3": lang.iso639_3,
-            "teacher": config.teacher.name or config.teacher.model,
-            "rows": stats["rows"],
-            "categories": stats["categories"],
-            "candidates": stats["candidates"],
-            "rejects": stats["rejects"],
-            "language_id": stats["language_id"],
-            "generation_tokens": stats["generation_tokens"],
-            "reasoning_tokens": stats.get("reasoning_tokens", 0),
-            "engine_seconds": stats["engine_seconds"],
-            "accelerator": stats["accelerator"],
-            "filters": stats["filters"],
-            "decontaminated_against": stats["decontaminated_against"],
-            "rows_with_trace": stats["rows_with_trace"],
-            "token_budget": stats["token_budget"],
-            "budget_tokens_used": stats["budget_tokens_used"],
-        },
-    }
-    categories = "\n".join(f"| {k} | {v} |" for k, v in stats["categories"].items())
-    rejects = "\n".join(f"| {k} | {v} |" for k, v in stats["rejects"].items()) or "| none | 0 |"
-    checks = "\n".join(f"| {name} | {f['action']} | {f['dropped']} | {f['annotated']} |"
-                       for name, f in stats["filters"].items())
-    budget = ("" if stats["token_budget"] is None else
-              f"\nToken-limited variant: a budget of {stats['token_budget']} training tokens "
-              f"({stats['budget_tokens_used']} used), filled with answers first; "
-              f"{stats['rows_with_trace']} rows keep their reasoning trace.\n")
-    return f"""---
-{yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
----
-
-# Kakugo {lang.name} SFT data
-
-Synthetic instruction data in {lang.name} (`{lang.flores_code}`), written by the teacher
-`{config.teacher.name or config.teacher.model}` with the Kakugo method: prompts from
-topics, scenarios and context texts (half of them revised), answered with reasoning
-traces, plus a translated English instruction set. {stats['rows']} rows were kept out of
-{stats['candidates']} candidates.
-
-| category | rows |
-|---|---|
-{categories}
-
-| rejected by | rows |
-|---|---|
-{rejects}
-
-| check | action | rows dropped | rows flagged and kept |
-|---|---|---|---|
-{checks}
-{budget}
-Each row has a `messages` list in OpenAI chat format. Generated rows ask the model to
-think inside `<think>` tags first; translated rows have a short system prompt and no
-reasoning. `dataset_info.json` registers `data/` for LLaMA-Factory.
-"""
-
-
-def assemble(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
+def build_datasets(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
     """Build (or resume) the SFT datasets of a batch; returns per-step manifests, and under
     "failed" the languages that kept fewer than `filters.min_rows_per_language` rows."""
-    stage = AssembleStage(config, languages, storage)
+    stage = DatasetStage(config, languages, storage)
     out = stage.run()
     minimum = config.filters.min_rows_per_language
-    kept = (stage.manifest("dataset") or {}).get("languages", {})
+    kept = (stage.manifest("sft") or {}).get("languages", {})
     out["failed"] = {
         code: f"DatasetTooSmallError: {kept[code]['rows']} rows kept, "
               f"filters.min_rows_per_language is {minimum} "

@@ -1,4 +1,5 @@
-"""Bookkeeping shared by the stages that run as steps over Ray Datasets.
+"""Bookkeeping shared by the stages that run as steps over Ray Datasets (generation, and
+the dataset stage).
 
 A step writes `{output}/{root}/{step}/language=X/*.parquet` and then
 `{output}/{root}/{step}/_manifest.json` (per-language counts, config hash, timestamps,
@@ -19,13 +20,14 @@ import pandas as pd
 from kakugo import layout
 from kakugo.config import RunConfig
 from kakugo.costs import teacher_devices
-from kakugo.generate.engine_pass import run_pass, step_stats
 from kakugo.languages import Language
 from kakugo.models import ModelSource
 from kakugo.serving import Teacher
 from kakugo.storage import Storage, StorageError
 
-log = logging.getLogger("kakugo.generate")
+log = logging.getLogger("kakugo.steps")
+
+FAILED = "failed"  # finish_reason of a teacher request that was never answered
 
 
 def now() -> str:
@@ -44,6 +46,52 @@ def flat_map(dataset, fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
         return frame([out for row in block.to_dict("records") for out in fn(row)], columns)
 
     return dataset.map_batches(batch, batch_format="pandas")
+
+
+def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...] = ()
+               ) -> tuple[dict[str, dict[str, Any]], str]:
+    """Per-language counts of a step's rows, from a few small columns of its parquet files
+    read once: rows, categories, and for engine passes tokens (prompt, completion, and
+    of the completion the reasoning trace's), errors, unfinished and failed (never
+    answered) requests. Languages in `codes` are there even without rows.
+    Also the first failed request's error ("" if none)."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    table = pd.DataFrame({"language": pd.Series(dtype=str)})
+    wanted: list[str] = []
+    if storage.list(folder, recursive=True):
+        dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
+                               partitioning="hive")
+        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens",
+                              "reasoning_tokens", "error", "finish_reason")
+                  if c in dataset.schema.names]
+        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
+    stats: dict[str, dict[str, Any]] = {}
+    for code in dict.fromkeys([*codes, *sorted(table["language"].unique())]):
+        group = table[table["language"] == code]
+        entry: dict[str, Any] = {"rows": len(group)}
+        if "category" in wanted:
+            entry["categories"] = {str(k): int(v) for k, v in
+                                   group["category"].value_counts().sort_index().items()}
+        if "prompt_tokens" in wanted:
+            entry.update(
+                prompt_tokens=int(group["prompt_tokens"].sum()),
+                completion_tokens=int(group["completion_tokens"].sum()),
+                # of the completion tokens, those of reasoning traces (absent in outputs
+                # written before they were counted)
+                reasoning_tokens=int(group["reasoning_tokens"].sum())
+                if "reasoning_tokens" in wanted else 0,
+                errors=int((group["error"] != "").sum()),
+                unfinished=int((group["finish_reason"] != "stop").sum()),
+                failed=int((group["finish_reason"] == FAILED).sum()),
+            )
+        stats[code] = entry
+    first = ""
+    if "finish_reason" in wanted:
+        failed = table[table["finish_reason"] == FAILED]
+        first = str(failed["error"].iloc[0]) if len(failed) else ""
+    return stats, first
 
 
 class Stage:
@@ -142,8 +190,7 @@ class Stage:
                 return self._finish(step, started, started_at, {}, languages=dataset)
             languages = None
             if step in self.engine_steps:
-                extra = run_pass(dataset, self.config, self._teacher, self.storage,
-                                 self.folder(step), self.codes)
+                extra = self.engine_pass(dataset, step)
                 stats = extra.pop("languages")
                 languages = {code: stats[code] for code in self.codes}
             else:  # a derived table: deterministic, so rewritten whole
@@ -157,6 +204,11 @@ class Stage:
             self._raise_if_storage_is_down(step, exc)
             raise
         return self._finish(step, started, started_at, extra, languages)
+
+    def engine_pass(self, requests, step: str) -> dict[str, Any]:
+        """Send an engine step's requests to the teacher and write the replies; the pass's
+        counts with per-language stats under "languages" (stages with engine steps)."""
+        raise NotImplementedError(f"{type(self).__name__} has no engine steps")
 
     def _raise_if_storage_is_down(self, step: str, exc: Exception) -> None:
         """A step that failed while the output root is unreachable (Ray Data's readers and
