@@ -6,7 +6,7 @@ kakugo/data: 40 layers, hidden 2560, ~3.4B parameters; random weights) with pack
 of `--cutoff` tokens:
   (a) a bare loop: transformers model + fused torch AdamW, bf16, no DeepSpeed;
   (b) our training step: DeepSpeed ZeRO-3 at world size 1 with our packing and masking
-      (kakugo.train.data.model_inputs, kakugo.train.loop.deepspeed_config and
+      (kakugo.train.data.model_inputs, kakugo.train.engine.deepspeed_config and
       initialize_engine, with its fp32 gradient norm), fp32 master weights by default;
       `--master-weights bf16` times it in pure bf16, the bare loop's numerics, and
       `--bare-master-weights` gives the bare loop fp32 master weights instead.
@@ -234,12 +234,12 @@ def profile(step, rows, device, name: str) -> dict:
 def zero3_engine(model, training: dict, zero: dict | None = None, layer_fetch: bool = True,
                  deepcompile: bool = False):
     """Our DeepSpeed ZeRO-3 engine at world size 1 around `model`: the config
-    kakugo.train.loop.deepspeed_config builds from `training` (a TrainingConfig dump), with
+    kakugo.train.engine.deepspeed_config builds from `training` (a TrainingConfig dump), with
     `zero` merged into its zero_optimization section, and torch AdamW (fused on a GPU)."""
     import deepspeed
     import torch
 
-    from kakugo.train.loop import deepspeed_config, fetch_whole_layers, initialize_engine
+    from kakugo.train.engine import deepspeed_config, fetch_whole_layers, initialize_engine
 
     gpu = training["use_gpu"]
     for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0",

@@ -1,7 +1,7 @@
 """What DeepSpeed ZeRO-3 adds to a training step beyond the model's own work, measured on
 CPU: prints JSON and writes benchmarks/results/zero3_overhead.json. Two parts, each the
 bare loop of benchmarks/gpu_train.py (bf16 weights, clip_grad_norm_, AdamW) against our
-step (DeepSpeed ZeRO-3 at world size 1 built by kakugo.train.loop.initialize_engine from
+step (DeepSpeed ZeRO-3 at world size 1 built by kakugo.train.engine.initialize_engine from
 its deepspeed_config, with zero3_layer_fetch):
 
 Memory traffic per parameter. Besides the model's forward and backward, a step streams

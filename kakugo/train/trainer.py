@@ -168,10 +168,11 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "train_rows": train_rows,
         "steps_per_epoch": per_epoch,
         "total_steps": total_steps,
-        "fail_at_step": fail_at_step,
-        "fault_marker": fault_marker,
+        # tests only: a worker that dies once mid-run
+        "fault": {"at_step": fail_at_step, "marker": fault_marker}
+        if fail_at_step is not None and fault_marker else None,
     }
-    from kakugo.train.loop import train_loop_per_worker
+    from kakugo.train.recipe import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,

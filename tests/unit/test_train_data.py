@@ -109,7 +109,7 @@ def test_zero3_fetches_each_decoder_layer_whole():
     from deepspeed.utils import z3_leaf_module
     from transformers import AutoModelForCausalLM
 
-    from kakugo.train.loop import fetch_whole_layers
+    from kakugo.train.engine import fetch_whole_layers
 
     model = AutoModelForCausalLM.from_pretrained(build_embedded("tiny-granite"))
     layers = list(model.base_model.layers)

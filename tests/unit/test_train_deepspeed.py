@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kakugo.config import ConfigError, load_config
-from kakugo.train.loop import deepspeed_config, initialize_engine
+from kakugo.train.engine import deepspeed_config, initialize_engine
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeyp
     """In pure bf16 the optimizer's master copy is the weight partition itself (DeepSpeed
     keeps a second copy and copies it back): the same weights after the same steps, and
     still so after a checkpoint round trip."""
-    from kakugo.train import loop
+    from kakugo.train import engine as train_engine
 
     training = load_config(None, ["training.precision=bf16", "training.zero_stage=3",
                                   "training.master_weights=bf16"]).training
@@ -170,7 +170,7 @@ def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeyp
     engine, batch, weights = run()
     assert all(shared(engine.optimizer))
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "share_bf16_master_weights", lambda zero3_optimizer: None)
+        patch.setattr(train_engine, "share_bf16_master_weights", lambda zero3_optimizer: None)
         stock, _, stock_weights = run()
     assert not any(shared(stock.optimizer))
     assert all(torch.equal(a, b) for a, b in zip(weights, stock_weights, strict=True))
@@ -182,3 +182,14 @@ def test_pure_bf16_updates_the_weight_partitions_in_place(process_group, monkeyp
     assert all(shared(engine.optimizer))
     assert all(torch.equal(p.ds_tensor, w) for p, w in
                zip(engine.module.parameters(), weights, strict=True))
+
+
+def test_the_deepspeed_adjustments_were_checked_against_the_installed_release():
+    """kakugo.train.deepspeed_patches reaches into DeepSpeed's private ZeRO-3 optimizer: a
+    new DeepSpeed minor release fails here until they are checked against it again (the
+    two tests above check what they rely on)."""
+    import deepspeed
+
+    from kakugo.train.deepspeed_patches import CHECKED_WITH
+
+    assert deepspeed.__version__.startswith(CHECKED_WITH + "."), deepspeed.__version__
