@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -32,6 +32,14 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def _ordered(self, low: str, high: str) -> Self:
+        """A validator's check that field `low` is at most field `high` (a None bound is
+        no bound)."""
+        a, b = getattr(self, low), getattr(self, high)
+        if a is not None and b is not None and a > b:
+            raise ValueError(f"{low} ({a}) must be <= {high} ({b})")
+        return self
 
 
 # --------------------------------------------------------------------------- models
@@ -69,10 +77,7 @@ class EngineConfig(Strict):
 
     @model_validator(mode="after")
     def _replica_range(self) -> EngineConfig:
-        if self.max_replicas is not None and self.max_replicas < self.replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas "
-                             f"({self.replicas})")
-        return self
+        return self._ordered("replicas", "max_replicas")
 
 
 class SamplingConfig(Strict):
@@ -167,12 +172,7 @@ class TopicsConfig(Strict):
 
     @model_validator(mode="after")
     def _min_le_max(self) -> TopicsConfig:
-        if self.min_prompts_per_topic > self.max_prompts_per_topic:
-            raise ValueError(
-                f"min_prompts_per_topic ({self.min_prompts_per_topic}) must be <= "
-                f"max_prompts_per_topic ({self.max_prompts_per_topic})"
-            )
-        return self
+        return self._ordered("min_prompts_per_topic", "max_prompts_per_topic")
 
 
 class ScenariosConfig(Strict):
@@ -230,12 +230,7 @@ class TranslationConfig(Strict):
 
     @model_validator(mode="after")
     def _ratio(self) -> TranslationConfig:
-        if self.min_token_ratio > self.max_token_ratio:
-            raise ValueError(
-                f"min_token_ratio ({self.min_token_ratio}) must be <= "
-                f"max_token_ratio ({self.max_token_ratio})"
-            )
-        return self
+        return self._ordered("min_token_ratio", "max_token_ratio")
 
 
 FilterAction = Literal["drop", "annotate", "off"]
@@ -359,11 +354,7 @@ class ModelServingConfig(Strict):
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelServingConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
-            )
-        return self
+        return self._ordered("min_replicas", "max_replicas")
 
 
 class ServingConfig(Strict):

@@ -49,6 +49,25 @@ def manifest(folder: str) -> str:
     return f"{folder}/{MANIFEST}"
 
 
+# What every manifest holds, whoever writes it (stage steps, training): the config hash that
+# decides whether the work is done, when and how long, and the device it ran on with its
+# device-seconds (what the cost ledger prices). Each adds its own counts.
+MANIFEST_FIELDS = ("config_hash", "started", "finished", "wall_seconds", "device",
+                   "device_seconds")
+
+
+def write_manifest(storage: Any, folder: str, fields: dict[str, Any]) -> None:
+    """Write a step's or a training's manifest; one without the common fields is a bug."""
+    missing = [k for k in MANIFEST_FIELDS if k not in fields]
+    if missing:
+        raise ValueError(f"{folder}: a manifest needs {', '.join(missing)}")
+    storage.write_json(manifest(folder), fields)
+
+
+def read_manifest(storage: Any, folder: str) -> dict[str, Any] | None:
+    return storage.read_json(manifest(folder), default=None)
+
+
 def dataset_dir(flores_code: str) -> str:
     """Where a language's SFT set is written (data/, validation/, card, dataset_info)."""
     return f"{flores_code}/dataset"
@@ -101,7 +120,7 @@ def stage_manifest_folders(codes: list[str]) -> list[str]:
 def read_manifests(storage: Any, codes: list[str]) -> dict[str, dict[str, Any]]:
     """Every manifest a run's report and ledger read, each read once, keyed by folder
     ("generate/{step}", "dataset/{step}", "train/{code}"; {} where none was written)."""
-    return {folder: storage.read_json(manifest(folder), default=None) or {}
+    return {folder: read_manifest(storage, folder) or {}
             for folder in stage_manifest_folders(codes)}
 
 

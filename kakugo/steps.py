@@ -122,7 +122,7 @@ class Stage:
         return layout.step_folder(self.root, step)
 
     def manifest(self, step: str) -> dict[str, Any] | None:
-        return self.storage.read_json(layout.manifest(self.folder(step)), default=None)
+        return layout.read_manifest(self.storage, self.folder(step))
 
     def is_done(self, step: str) -> bool:
         m = self.manifest(step)
@@ -167,7 +167,7 @@ class Stage:
             s["device_seconds"] = round(seconds * shares[code] / total, 2)
             if step in self.engine_steps:
                 s["engine_seconds"] = s["device_seconds"]
-        self.storage.write_json(layout.manifest(self.folder(step)), manifest)
+        layout.write_manifest(self.storage, self.folder(step), manifest)
         log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
         for code, s in languages.items():
             log.info("  %-9s %-14s %s", step, code,

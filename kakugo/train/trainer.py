@@ -131,9 +131,8 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     code = lang.flores_code
-    manifest_path = layout.manifest(layout.train_dir(code))
     digest = config.digest(*CONFIG_SECTIONS)
-    previous = storage.read_json(manifest_path, default=None)
+    previous = layout.read_manifest(storage, layout.train_dir(code))
     if previous and previous.get("config_hash") == digest:
         log.info("train/%s: done earlier, skipped", code)
         return {"skipped": True, **previous}
@@ -155,25 +154,12 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     log.info("train/%s: %d packed rows (packing efficiency %.2f), %d validation rows, "
              "%d steps on %d workers", code, train_rows, efficiency, validation_rows,
              total_steps, t.num_workers)
-    loop_config = {
-        "training": t.model_dump(mode="json"),
-        "student_path": student_path,
-        "student_model": config.student.model,
-        "language": {**asdict(lang), "tag": lang.tag},
-        "model_name": tuned_model_name(config, lang),
-        "dataset_repo": repo_id(config, lang, "dataset"),  # the model card names it
-        "output": storage.root,  # absolute: workers do not share the driver's cwd
-        "model_folder": layout.tuned_model_dir(code),
-        "metrics_path": layout.train_metrics(code),
-        "train_rows": train_rows,
-        "steps_per_epoch": per_epoch,
-        "total_steps": total_steps,
-        # tests only: a worker that dies once mid-run
-        "fault": {"at_step": fail_at_step, "marker": fault_marker}
-        if fail_at_step is not None and fault_marker else None,
-    }
     from kakugo.train.recipe import train_loop_per_worker
 
+    fault = {"at_step": fail_at_step, "marker": fault_marker} \
+        if fail_at_step is not None and fault_marker else None
+    loop_config = worker_config(config, lang, storage, student_path, train_rows, per_epoch,
+                                total_steps, fault)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -206,9 +192,29 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "model": storage.uri(layout.tuned_model_dir(code)),
     }
-    storage.write_json(manifest_path, manifest)
+    layout.write_manifest(storage, layout.train_dir(code), manifest)
     log.info("train/%s: finished in %.0f s: %s", code, wall, result.metrics)
     return manifest
+
+
+def worker_config(config: RunConfig, lang: Language, storage: Storage, student_path: str,
+                  train_rows: int, per_epoch: int, total_steps: int,
+                  fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every training worker is given (kakugo.train.recipe.WorkerConfig, checked here
+    and again on the worker), as the plain dict Ray sends."""
+    from kakugo.train.recipe import WorkerConfig
+
+    code = lang.flores_code
+    return WorkerConfig(
+        training=config.training, student_path=student_path,
+        student_model=config.student.model, language={**asdict(lang), "tag": lang.tag},
+        model_name=tuned_model_name(config, lang),
+        dataset_repo=repo_id(config, lang, "dataset"),  # the model card names it
+        output=storage.root,  # absolute: workers do not share the driver's cwd
+        model_folder=layout.tuned_model_dir(code), metrics_path=layout.train_metrics(code),
+        train_rows=train_rows, steps_per_epoch=per_epoch, total_steps=total_steps,
+        fault=fault,  # tests only: a worker that dies once mid-run
+    ).model_dump(mode="json")
 
 
 def scaling_config(config: RunConfig):
