@@ -1,9 +1,8 @@
 """`torch_varlen`: packed-sequence attention through PyTorch's own flash varlen kernel.
 
 Packed rows need attention that stops at sample boundaries. The `sdpa` path does it with a
-materialised block-diagonal mask, which rules out the flash kernel (measured on one H200,
-Granite-4.0-Micro shape, 8,000-token rows, bare bf16 loop: 6.7k tokens/s with the mask,
-12.2k with plain causal attention, 16.9k with this kernel). `flash_attention_2` needs the
+materialised block-diagonal mask, which rules out the flash kernel (the figures are in
+docs/benchmarks.md, gpu_train). `flash_attention_2` needs the
 flash-attn package. This implementation needs neither: it calls
 `torch.nn.attention.varlen.varlen_attn` (CUDA only) with the cu_seq_lens that
 `kakugo.train.data.packed_attention` computes, and is registered with transformers'

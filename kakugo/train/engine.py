@@ -61,9 +61,8 @@ def initialize_engine(model, optimizer, ds_config: dict[str, Any], lr_scheduler=
 
 def fetch_whole_layers(model) -> None:
     """ZeRO-3: each decoder layer becomes one fetch unit (its weights gathered together),
-    instead of a fetch with its hooks for every linear layer. On one H200 (Granite-4.0-Micro
-    shape, 8,000-token rows, torch_varlen) our step went from 11.9k to 14.1k tokens/s with
-    it, and from 7.3k to 10.6k with activation checkpointing."""
+    instead of a fetch with its hooks for every linear layer: fewer, larger gathers and far
+    less hook work on the host per step (measured in docs/benchmarks.md, gpu_train)."""
     from deepspeed.utils import set_z3_leaf_modules
 
     layers = model.base_model.layers
