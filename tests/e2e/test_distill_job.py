@@ -352,6 +352,32 @@ def test_submitting_again_does_no_engine_or_training_work(run):
     assert listing(run["s3"], run["bucket"], "runs/demo/", rewritten) == before
 
 
+def test_an_output_root_of_the_earlier_layout_resumes(run):
+    """Roots written before stage 4 had one name kept it under assemble/ (steps candidates
+    and dataset): the job redoes stage 4 into dataset/ (the same SFT sets) and nothing
+    else."""
+    s3, bucket, root = run["s3"], run["bucket"], "runs/demo/"
+    sets = {k: v for k, v in listing(s3, bucket, root).items()
+            if k.startswith(f"{root}gla_Latn/dataset/data/")}
+    for key in list(listing(s3, bucket, f"{root}dataset/")):
+        old = key.replace(f"{root}dataset/sft/", f"{root}assemble/dataset/").replace(
+            f"{root}dataset/candidates/", f"{root}assemble/candidates/")
+        s3.copy_object(Bucket=bucket, Key=old, CopySource={"Bucket": bucket, "Key": key})
+        s3.delete_object(Bucket=bucket, Key=key)
+    kept = ("run.json", "status.json", "report.json", "report.md")
+    others = {k: v for k, v in listing(s3, bucket, root, kept).items()
+              if not k.startswith((f"{root}assemble/", f"{root}gla_Latn/dataset/"))}
+    log = run_to_success(run["cluster"], run["out"], "kakugo-e2e-old-layout")
+    assert log.count("done earlier, skipped") == len(STEPS) + len(LANGS)  # generate, train
+    assert "dataset/candidates (step 1 of 2): running" in log
+    assert TEACHER_READY not in log and TRAIN_WORKER not in log
+    assert "evaluate gla_Latn" not in log
+    after = listing(s3, bucket, root, kept)
+    assert {k: v for k, v in after.items() if k in others} == others  # nothing else redone
+    assert f"{root}dataset/sft/_manifest.json" in after
+    assert len([k for k in after if k.startswith(f"{root}gla_Latn/dataset/data/")]) == len(sets)
+
+
 def dataset_rows(run, lang, part):
     storage = run["storage"]
     return pads.dataset(storage.path(f"{lang}/dataset/{part}"), format="parquet",
