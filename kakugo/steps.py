@@ -25,8 +25,6 @@ from kakugo.models import ModelSource
 from kakugo.serving import Teacher
 from kakugo.storage import Storage, StorageError
 
-log = logging.getLogger("kakugo.steps")
-
 FAILED = "failed"  # finish_reason of a teacher request that was never answered
 
 
@@ -108,6 +106,7 @@ class Stage:
         self.codes = [lang.flores_code for lang in languages]
         self.storage = storage
         self.digest = config.digest(*self.config_sections)
+        self.log = logging.getLogger(f"kakugo.{self.root}")  # kakugo.generate, kakugo.dataset
         self._teacher_path: str | None = None
         self._teacher: Teacher | None = None
         self._texts: dict[str, list[str]] = {}  # a stage's per-language inputs, read once
@@ -168,9 +167,9 @@ class Stage:
             if step in self.engine_steps:
                 s["engine_seconds"] = s["device_seconds"]
         layout.write_manifest(self.storage, self.folder(step), manifest)
-        log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
+        self.log.info("%s/%s: finished in %.0f s", self.root, step, manifest["wall_seconds"])
         for code, s in languages.items():
-            log.info("  %-9s %-14s %s", step, code,
+            self.log.info("  %-9s %-14s %s", step, code,
                      " ".join(f"{k}={v}" for k, v in s.items()))
         return manifest
 
@@ -179,9 +178,9 @@ class Stage:
         derived table written whole under the step's folder) or, for a step that writes
         its own outputs, the per-language stats for the manifest."""
         if self.is_done(step):
-            log.info("%s/%s: done earlier, skipped", self.root, step)
+            self.log.info("%s/%s: done earlier, skipped", self.root, step)
             return {"skipped": True}
-        log.info("%s/%s (step %d of %d): running for %s", self.root, step,
+        self.log.info("%s/%s (step %d of %d): running for %s", self.root, step,
                  self.steps.index(step) + 1, len(self.steps), ", ".join(self.codes))
         started, started_at = time.monotonic(), now()
         try:
