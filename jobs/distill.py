@@ -3,7 +3,8 @@
 A thin wrapper over kakugo.run.distill_batch (through the CLI's `run` command, so the
 arguments and exit codes are the same as `kakugo run`):
   0 every language finished, 1 a failure (every language failed), 2 bad input (config,
-  languages, models), 3 partial failure (some languages failed; see report.md).
+  languages, models), 3 partial failure (some languages failed; see report.md), 4 an
+  internal error (a bug; the traceback is in the log).
 """
 
 import sys

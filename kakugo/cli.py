@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from kakugo import logs
+from kakugo import __version__, logs
 from kakugo.config import RunConfig, load_config
 from kakugo.errors import BAD_INPUT, RUN_FAILURES, LanguageError
 from kakugo.languages import (
@@ -21,8 +22,10 @@ from kakugo.languages import (
 from kakugo.models import EMBEDDED, build_embedded
 from kakugo.run import distill_batch
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # the run failed: every language, or the output root could not be written
+EXIT_BAD_INPUT = 2  # config, languages, models, sources
+# 3 (kakugo.run.EXIT_PARTIAL): some languages failed
+EXIT_INTERNAL = 4  # a bug of ours (or of a library): the traceback is in the log
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -191,6 +194,7 @@ def _add_output_args(p: argparse.ArgumentParser, default) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kakugo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kakugo {__version__}")
     _add_output_args(parser, default=False)
     # after the subcommand: unset unless given, so that they do not undo the ones before it
     output = argparse.ArgumentParser(add_help=False)
@@ -274,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     except RUN_FAILURES as exc:
         print_error(exc)
         return EXIT_FAILED
+    except Exception as exc:  # not one of ours: say so, with the traceback for a report
+        logging.getLogger("kakugo").exception("internal error")
+        print_error(RuntimeError(f"internal error ({type(exc).__name__}: {exc}); the "
+                                 "traceback is above: please report it"))
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -186,6 +186,18 @@ def _candidates(tag: str, flores: frozenset[str]) -> list[str]:
     return sorted(c for c in flores if c[:3] in iso3s)
 
 
+def _standard_variety(tag: str, candidates: list[str]) -> list[str]:
+    """A macrolanguage's name alone means its standard variety ("Latvian" -> Standard
+    Latvian, lvs_Latn; "Malay" -> Standard Malay, zsm_Latn) when FLORES-200 carries one
+    and none of the other members goes by the same name ("Arabic" could be Standard Arabic
+    or Tunisian Arabic, "Norwegian" Bokmål or Nynorsk: still ambiguous)."""
+    name = langcodes.Language.get(tag).display_name().lower()
+    names = {c: _make(c[:3], c[4:], c).name.lower() for c in candidates}
+    standard = [c for c, n in names.items() if n == f"standard {name}"]
+    namesakes = [c for c, n in names.items() if name in n and c not in standard]
+    return standard if len(standard) == 1 and not namesakes else candidates
+
+
 def _make(iso3: str, script: str, flores_code: str) -> Language:
     tag = langcodes.Language.get(iso3)
     lang = tag.language or iso3
@@ -237,6 +249,8 @@ def resolve(text: str, data_dir: Path | None = None) -> Language:
             candidates = exact
         elif len(preferred) == 1:
             candidates = preferred
+        else:
+            candidates = _standard_variety(tag, candidates)
     if len(candidates) > 1:
         listed = ", ".join(f"{_make(c[:3], c[4:], c).name} ({c})" for c in candidates)
         raise LanguageError(f"ambiguous language {raw!r}: it could be {listed}; give one of those")

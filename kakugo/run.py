@@ -66,20 +66,26 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
 
 
 def connect_ray(config: RunConfig) -> None:
-    """Join the running cluster (inside `ray job submit`, or RAY_ADDRESS), else start one.
-    Every process of the run gets the libraries' log settings (kakugo.logs.worker_env),
-    merged into a job's own runtime env."""
+    """Join the cluster RAY_ADDRESS names (inside `ray job submit` it is the job's), else
+    start a local cluster of this process's own: never join whatever Ray's temp folder
+    says last ran here (a head stopped by a signal leaves its address behind). Every
+    process of the run gets the libraries' log settings (kakugo.logs.worker_env), merged
+    into a job's own runtime env."""
     import ray
 
     if ray.is_initialized():
         return
     env = logs.worker_env()
-    if os.environ.get("RAY_ADDRESS"):  # a job's runtime env already applies to its tasks
-        ray.init(address=os.environ["RAY_ADDRESS"],
-                 runtime_env={"env_vars": env} if env else None)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # a job's runtime env already applies to its tasks
+        log.info("joining the Ray cluster at %s (RAY_ADDRESS)", address)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
     else:
+        cpus = config.cluster.local_num_cpus
+        log.info("starting a local Ray cluster (%s logical CPUs; set RAY_ADDRESS to join "
+                 "one)", cpus or "all")
         env["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "0")
-        ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                  runtime_env={"env_vars": env})
 
 

@@ -53,3 +53,26 @@ def test_an_error_starts_its_own_line_after_a_progress_bar(capsys, tmp_path):
     lines = capsys.readouterr().err.split("\n")
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert errors and "missing.yaml" in errors[0], lines
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kakugo {version('kakugo')}"
+
+
+def test_an_internal_error_has_its_own_exit_code_and_says_so(capsys, monkeypatch, data_dir):
+    """A bug is neither bad input (2) nor a failed run (1): exit 4, the traceback logged."""
+    from kakugo import cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "paper54", broken)
+    assert main(["languages", "--data-dir", str(data_dir)]) == cli.EXIT_INTERNAL == 4
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'a bug'" in err
+    assert re.search(r"^error: internal error \(KeyError: 'a bug'\)", err, re.MULTILINE)

@@ -28,6 +28,10 @@ from kakugo.languages import (
         ("Azerbaijani", "azj_Latn"),    # macrolanguage: the paper's variety
         ("Central Kurdish", "ckb_Arab"),
         ("Chinese", "zho_Hans"),        # likely script
+        ("Latvian", "lvs_Latn"),        # macrolanguage: its standard variety ...
+        ("lv", "lvs_Latn"),
+        ("Malay", "zsm_Latn"),          # ... when no other member has the same name
+        ("Latgalian", "ltg_Latn"),
     ],
 )
 def test_resolve(text, flores, data_dir):
@@ -45,7 +49,9 @@ def test_resolved_fields(data_dir):
     [
         ("Kurdish", ("ambiguous language 'Kurdish': it could be Central Kurdish (ckb_Arab), "
                     "Northern Kurdish (kmr_Latn)")),
-        ("Arabic", "Standard Arabic (arb_Arab)"),
+        ("Arabic", "Standard Arabic (arb_Arab)"),  # Tunisian Arabic, ... as well
+        ("Norwegian", ("ambiguous language 'Norwegian': it could be Norwegian Nynorsk "
+                       "(nno_Latn), Norwegian Bokmål (nob_Latn)")),
         ("Gaelic", "no language has exactly that name; closest match: Scottish Gaelic"),
         ("Klingonx", "unknown language 'Klingonx'"),
         ("Foobarish", "unknown language 'Foobarish'"),
