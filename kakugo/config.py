@@ -522,10 +522,12 @@ class RunConfig(Strict):
                                     "(rows done, rate, ETA) while engine passes run")
 
     def digest(self, *sections: str) -> str:
-        """A short stable hash of the whole config, or of the named top-level sections."""
+        """A short stable hash of the config, or of the named top-level sections. The whole
+        config's leaves out `output`: where a run is kept is not what it is (`runs/x`,
+        `./runs/x` and its absolute path are one run)."""
         data = self.model_dump(mode="json")
-        if sections:
-            data = {s: data[s] for s in sections}
+        data = {s: data[s] for s in sections} if sections else {
+            k: v for k, v in data.items() if k != "output"}
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         raise StorageError(f"output root {uri!r}: only local paths and s3:// URIs are supported")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+COPY_CHUNK = 8 << 20  # bytes per read while a file is copied
 
 
 class Storage:
@@ -206,17 +210,39 @@ class Storage:
 
     # -- folders
     def download_dir(self, rel: str, target: Path) -> None:
-        """Copy every file below `rel` into a local folder (e.g. a model from S3)."""
+        """Copy every file below `rel` into a local folder (e.g. a model from S3), each as
+        a stream. A key that would land outside `target` (`..` segments, an absolute
+        path) is refused before anything is written."""
         files = self.list(rel, recursive=True)
         if not files:
             raise StorageError(f"{self.uri(rel)} is empty or does not exist")
         prefix = posixpath.normpath(rel) if rel else ""
+        root = target.resolve()
+        copies = []
         for name in files:
-            local = target / (posixpath.relpath(name, prefix) if prefix else name)
+            local = (root / (posixpath.relpath(name, prefix) if prefix else name)).resolve()
+            if not local.is_relative_to(root):
+                raise StorageError(f"{self.uri(name)}: the key leads outside {target} "
+                                   "(a '..' segment or an absolute path); nothing copied")
+            copies.append((name, local))
+        for name, local in copies:
             local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(self.read_bytes(name))
+            try:
+                with self.fs.open_input_stream(self.path(name)) as src, \
+                        local.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, COPY_CHUNK)
+            except OSError as exc:
+                raise self._wrap("reading", name, exc) from None
 
     def upload_dir(self, source: Path, rel: str) -> None:
+        """Copy every file below a local folder to `rel`, each as a stream."""
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            self.write_bytes(posixpath.join(rel, path.relative_to(source).as_posix()),
-                             path.read_bytes())
+            name = posixpath.join(rel, path.relative_to(source).as_posix())
+            target = self.path(name)
+            try:
+                if not self.is_s3:
+                    self.fs.create_dir(posixpath.dirname(target), recursive=True)
+                with path.open("rb") as src, self.fs.open_output_stream(target) as dst:
+                    shutil.copyfileobj(src, dst, COPY_CHUNK)
+            except OSError as exc:
+                raise self._wrap("writing", name, exc) from None

@@ -76,3 +76,15 @@ def test_an_internal_error_has_its_own_exit_code_and_says_so(capsys, monkeypatch
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError: 'a bug'" in err
     assert re.search(r"^error: internal error \(KeyError: 'a bug'\)", err, re.MULTILINE)
+
+
+def test_an_output_root_spelled_three_ways_is_one_run(tmp_path, monkeypatch):
+    from kakugo.config import load_config
+    from kakugo.run import open_run, resolve_languages
+
+    monkeypatch.chdir(tmp_path)
+    for output in ("runs/x", "./runs/x", str(tmp_path / "runs" / "x")):
+        config = load_config(None,
+                             [f"output={output}", "languages=[gd]"])
+        open_run(config, resolve_languages(config))  # no RunConflictError
+    assert (tmp_path / "runs" / "x" / "run.json").is_file()

@@ -127,3 +127,20 @@ def test_an_s3_outage_is_a_clear_error_and_loses_nothing(s3_server, monkeypatch)
         assert not storage.exists("demo/second/_manifest.json")
     finally:
         endpoint.stop()
+
+
+def test_a_key_that_leads_outside_the_target_folder_is_refused(s3_bucket, s3_server,
+                                                               tmp_path):
+    """An S3 key with `..` segments (S3 keeps them as written) must not write outside the
+    folder a model is downloaded to; nothing is written at all."""
+    import boto3
+
+    bucket = s3_bucket.removeprefix("s3://")
+    client = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=bucket, Key="models/m/config.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="models/m/../../../escaped.txt", Body=b"x")
+    target = tmp_path / "deep" / "cache" / "m"
+    with pytest.raises(StorageError, match=r"escaped.txt: the key leads outside .*nothing "
+                                           r"copied"):
+        Storage(s3_bucket).download_dir("models/m", target)
+    assert not list(tmp_path.rglob("escaped.txt")) and not target.exists()
