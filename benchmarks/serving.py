@@ -26,8 +26,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def closed_loop(url: str, model: str, concurrency: int, duration: float,
-                      max_tokens: int) -> dict:
-    """C clients, each sending its next request when the last one answered, for `duration`."""
+                      max_tokens: int, headers: dict[str, str] | None = None,
+                      flooders: int = 0) -> dict:
+    """C clients, each sending its next request when the last one answered, for `duration`;
+    with `flooders`, as many more clients send oversize and malformed bodies meanwhile."""
     import httpx
 
     latencies: list[float] = []
@@ -54,10 +56,27 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
                     first_errors.append(repr(exc)[:300])
             n += 1
 
+    refused: dict[str, int] = {}
+    bad_bodies = [b"x" * 2_000_000, b"{not json", b"[1, 2]",
+                  json.dumps({"model": model, "messages": "hi"}).encode()]
+
+    async def flooder(index: int, http: httpx.AsyncClient) -> None:
+        n = index
+        while time.monotonic() < deadline:
+            try:
+                r = await http.post(url + "/chat/completions",
+                                    content=bad_bodies[n % len(bad_bodies)],
+                                    headers={"content-type": "application/json"})
+                refused[str(r.status_code)] = refused.get(str(r.status_code), 0) + 1
+            except httpx.HTTPError as exc:
+                refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+            n += 1
+
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        await asyncio.gather(*(client(i, http) for i in range(concurrency)))
+    limits = httpx.Limits(max_connections=concurrency + flooders)
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers or {}) as http:
+        await asyncio.gather(*(client(i, http) for i in range(concurrency)),
+                             *(flooder(i, http) for i in range(flooders)))
     wall = time.monotonic() - started
     latencies.sort()
 
@@ -66,16 +85,24 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
             if latencies else None
 
     return {"requests": len(latencies), "errors": errors, "first_errors": first_errors,
+            **({"flood_answers": refused} if flooders else {}),
             "wall_seconds": round(wall, 1),
             "requests_per_second": round(len(latencies) / wall, 2),
             "output_tokens_per_second": round(tokens / wall, 1),
             "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99)}
 
 
-def under_load(url: str, model: str, args, startup_seconds: float) -> dict:
+def under_load(url: str, model: str, args, startup_seconds: float,
+               key: str | None = None) -> dict:
+    headers = {"authorization": f"Bearer {key}"} if key else None
     result = asyncio.run(closed_loop(url, model, args.concurrency, args.duration,
-                                     args.max_tokens))
-    return {"startup_seconds": round(startup_seconds, 1), **result}
+                                     args.max_tokens, headers))
+    out = {"startup_seconds": round(startup_seconds, 1), "api_key": bool(key), **result}
+    if args.flood:  # good clients beside as many sending oversize and malformed bodies
+        out["under_flood"] = asyncio.run(closed_loop(
+            url, model, args.flood, args.duration / 2, args.max_tokens, headers,
+            flooders=args.flood))
+    return out
 
 
 def bench_serve(config, model, args) -> dict:
@@ -84,12 +111,18 @@ def bench_serve(config, model, args) -> dict:
 
     from kakugo.serving import start
 
+    key = None
+    if args.api_key:  # as a server on a network is run: the key on every request
+        key = os.urandom(16).hex()
+        os.environ["KAKUGO_BENCH_API_KEY"] = key
+        config = config.model_copy(update={"serving": config.serving.model_copy(
+            update={"api_key_env": "KAKUGO_BENCH_API_KEY"})})
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False)
     try:
         started = time.monotonic()
         url = start(config, [model])
-        return under_load(url, model.name, args, time.monotonic() - started)
+        return under_load(url, model.name, args, time.monotonic() - started, key)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -137,6 +170,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--only", choices=["serve", "vllm"], default=None)
+    parser.add_argument("--no-api-key", dest="api_key", action="store_false",
+                        help="serve without an API key (default: a key on every request)")
+    parser.add_argument("--flood", type=int, default=0, metavar="N",
+                        help="then N good clients beside N sending oversize and malformed "
+                        "bodies, for half the duration")
     parser.add_argument("--output", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)

@@ -46,6 +46,10 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"languages={json.dumps(parse_language_list(args.languages))}")
     if getattr(args, "output", None):
         overrides.append(f"output={json.dumps(args.output)}")
+    if getattr(args, "host", None):
+        overrides.append(f"serving.host={json.dumps(args.host)}")
+    if getattr(args, "port", None):
+        overrides.append(f"serving.port={args.port}")
     return load_config(args.config, overrides)
 
 
@@ -126,15 +130,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import time
+    import signal
+    import threading
 
     import yaml
 
     from kakugo.run import connect_ray, resolve_languages
-    from kakugo.serving import deploy_config, served_models, start, stop
+    from kakugo.serving import api_key_digest, deploy_config, served_models, start, stop
     from kakugo.storage import Storage
 
     config = _config_from(args)
+    api_key_digest(config)  # a key asked for but not set: refused before anything starts
     languages = resolve_languages(config)
     only = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     models = served_models(config, languages, Storage(config.output), only)
@@ -145,12 +151,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     connect_ray(config)
     url = start(config, models)
-    print(f"serving {', '.join(m.name for m in models)} at {url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        stop()
+    print(f"serving {', '.join(m.name for m in models)} at {url}"
+          + (" (API key required)" if config.serving.api_key_env else ""), flush=True)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C, `kill`, a container stop
+        signal.signal(signum, lambda *_: stopping.set())
+    while not stopping.wait(1):
+        pass
+    print("stopping the app", flush=True)
+    stop()
     return 0
 
 
@@ -229,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model names to serve (default: all)")
     p.add_argument("--deploy-config", metavar="FILE",
                    help="write a `serve deploy` config file for the same app instead")
+    p.add_argument("--host", help="address to bind (serving.host; default 127.0.0.1: set "
+                   "serving.api_key_env before binding another)")
+    p.add_argument("--port", type=int, help="port of the API (serving.port)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("push", help="upload each language's dataset and model with their "

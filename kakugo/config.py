@@ -369,6 +369,19 @@ class ServingConfig(Strict):
                                    "are refused (413)")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request "
                                   "may ask for (400 above)")
+    default_max_tokens: int = Field(512, ge=1, description="max_tokens of a request that "
+                                    "gives none")
+    max_n: int = Field(4, ge=1, description="largest n and best_of a request may ask for "
+                       "(400 above)")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="name of the environment "
+        "variable that holds the API key; when set, every request but Serve's health checks "
+        "needs `Authorization: Bearer <key>` (401 otherwise). The key is read where the app "
+        "is started and never stored")
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> ServingConfig:
+        return self._ordered("default_max_tokens", "max_tokens_limit")
 
     @model_validator(mode="after")
     def _scaling_has_one_place(self) -> ServingConfig:

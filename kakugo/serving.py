@@ -15,7 +15,9 @@ model name is only ever looked up in that table, never joined to a path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -155,16 +157,40 @@ def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
     }
 
 
+def key_digest(key: str) -> str:
+    """What the app is given instead of the API key itself (its deployment arguments are
+    kept by Ray Serve and shown in `serve deploy` files)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def api_key_digest(config: RunConfig) -> str | None:
+    """The digest of the API key named by `serving.api_key_env` (None: no key). The key
+    itself is read from this process's environment and never stored or logged."""
+    name = config.serving.api_key_env
+    if name is None:
+        return None
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise ServeConfigError(f"serving.api_key_env is {name!r}, but ${name} is not set "
+                               "(or empty) here: export the key, or set api_key_env: null "
+                               "to serve without one")
+    return key_digest(key)
+
+
 def serving_args(config: RunConfig, models: list[ServedModel]) -> dict[str, Any]:
     """The argument of `ray.serve.llm.build_openai_app` (an `LLMServingArgs`)."""
+    s = config.serving
     return {
         "llm_configs": [llm_config(m) for m in models],
         "ingress_deployment_config": {"logging_config": logs.serve_logging_config()},
         "ingress_cls_config": {
             "ingress_cls": INGRESS_CLS,
             "ingress_extra_kwargs": {
-                "max_request_bytes": config.serving.max_request_bytes,
-                "max_tokens_limit": config.serving.max_tokens_limit,
+                "max_request_bytes": s.max_request_bytes,
+                "max_tokens_limit": s.max_tokens_limit,
+                "default_max_tokens": s.default_max_tokens,
+                "max_n": s.max_n,
+                "api_key_sha256": api_key_digest(config),
             },
         },
     }

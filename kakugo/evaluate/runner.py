@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ def lm_eval_model(config: RunConfig, model: EvalModel, url: str | None,
         return "hf", {"pretrained": model.path, "device": "cpu", "dtype": "float32"}
     if url is None:
         raise ValueError("evaluation.backend 'serve' needs the endpoint's URL")
+    key_env = config.serving.api_key_env
+    if key_env and os.environ.get(key_env):
+        # lm-eval's OpenAI-style clients send $OPENAI_API_KEY as the bearer token (a key
+        # in model_args would be printed with them)
+        os.environ["OPENAI_API_KEY"] = os.environ[key_env]
     common = {"model": model.name, "num_concurrent": config.evaluation.concurrency,
               "max_retries": 3, "timeout": 600}
     if generation:

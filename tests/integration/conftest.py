@@ -4,6 +4,8 @@ killed mid-run), and the Ray Serve app serving the teacher, the base and that st
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -40,6 +42,7 @@ def serve_port(ray_cluster) -> int:
 
 
 COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
+SERVE_KEY_ENV = "KAKUGO_TEST_SERVE_KEY"
 OVERRIDES = [
     *TINY_STUDENT, "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
     "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=96",
@@ -87,13 +90,17 @@ def served(ray_cluster, serve_port, trained):
 
     from kakugo.serving import served_models, start
 
+    key = "kakugo-test-" + os.urandom(8).hex()
+    os.environ[SERVE_KEY_ENV] = key  # what a user exports before `kakugo serve`
     config = load_config("configs/tiny-cpu.yaml", [
         *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd"]',
-        f"serving.port={serve_port}"])
+        f"serving.port={serve_port}", f"serving.api_key_env={SERVE_KEY_ENV}",
+        "serving.default_max_tokens=5"])
     models = served_models(config, [trained["lang"]], trained["storage"])
     url = start(config, models)
     try:
         yield {"url": url, "config": config, "models": {m.name: m for m in models},
-               "tuned_dir": trained["out"] / "gla_Latn" / "model"}
+               "tuned_dir": trained["out"] / "gla_Latn" / "model", "key": key}
     finally:
         serve.shutdown()
+        os.environ.pop(SERVE_KEY_ENV, None)

@@ -18,7 +18,7 @@ ANSWER = r"Is e (dearg|gorm|uaine|buidhe) an dath\."
 def client(served):
     from openai import OpenAI
 
-    return OpenAI(base_url=served["url"], api_key="unused", max_retries=0)
+    return OpenAI(base_url=served["url"], api_key=served["key"], max_retries=0)
 
 
 def test_models_are_listed_by_name(client):
@@ -71,7 +71,7 @@ def test_32_concurrent_requests_all_succeed(served):
     from openai import AsyncOpenAI
 
     async def main():
-        client = AsyncOpenAI(base_url=served["url"], api_key="unused", max_retries=0)
+        client = AsyncOpenAI(base_url=served["url"], api_key=served["key"], max_retries=0)
         models = [TEACHER, BASE, TUNED]
         calls = [client.chat.completions.create(
             model=models[i % 3], messages=[{"role": "user", "content": f"Number {i}?"}],
@@ -96,11 +96,14 @@ def test_32_concurrent_requests_all_succeed(served):
     ("{not json", 400, "request body is not valid JSON"),
     ("[1, 2]", 400, "request body must be a JSON object"),
     ("x" * 1_000_001, 413, "above the limit of 1000000 bytes"),
+    ({"model": BASE, "messages": [{"role": "user", "content": "hi"}], "n": 5}, 400,
+     "n: 5 is above this server's limit of 4"),
 ])
 def test_bad_requests_get_openai_style_errors(served, body, status, expect):
     content = body if isinstance(body, str) else json.dumps(body)
     r = httpx.post(served["url"] + "/chat/completions", content=content,
-                   headers={"content-type": "application/json"}, timeout=60)
+                   headers={"content-type": "application/json",
+                            "authorization": f"Bearer {served['key']}"}, timeout=60)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert expect in error["message"]
@@ -112,3 +115,36 @@ def test_unknown_model_is_a_not_found_error_for_the_client(client):
 
     with pytest.raises(openai.NotFoundError, match="available"):
         client.completions.create(model="nope", prompt="hi", max_tokens=1)
+
+
+@pytest.mark.parametrize("route, method", [
+    ("/models", "GET"), (f"/models/{BASE}", "GET"), ("/chat/completions", "POST"),
+    ("/completions", "POST"), ("/tokenize", "POST")])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", "Basic x"])
+def test_every_route_needs_the_api_key(served, route, method, auth):
+    url = served["url"] + route if route != "/tokenize" else \
+        served["url"].removesuffix("/v1") + route
+    headers = {"authorization": auth} if auth else {}
+    body = {"model": BASE, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.request(method, url, headers=headers, timeout=60,
+                      json=body if method == "POST" else None)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert served["key"] not in r.text
+
+
+def test_health_checks_stay_open_and_the_openai_client_gets_an_auth_error(served):
+    import openai
+
+    root = served["url"].removesuffix("/v1")
+    assert httpx.get(f"{root}/-/healthz", timeout=30).status_code == 200
+    wrong = openai.OpenAI(base_url=served["url"], api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="API key"):
+        wrong.models.list()
+
+
+def test_a_request_without_max_tokens_gets_the_servers_default(client):
+    """serving.default_max_tokens (5 here): no reply runs on to the end of the context."""
+    reply = client.chat.completions.create(
+        model=BASE, messages=[{"role": "user", "content": "Tell me a long story."}])
+    assert reply.usage.completion_tokens <= 5

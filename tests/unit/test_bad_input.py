@@ -7,6 +7,7 @@ language (rejected with the rule, the run goes on) in tests/unit/test_filters.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,38 @@ CASES = {
     "serve an unknown model": lambda t, o, r: Case(
         ["serve", "--config", TINY, "--languages", "gd", "--output", str(o), "--models", "nope"],
         2, "nope"),
+    "serve with an API key that is not set": lambda t, o, r: (
+        r.getfixturevalue("monkeypatch").delenv("KAKUGO_UNSET_KEY", raising=False), Case(
+            ["serve", "--config", TINY, "--languages", "gd", "--output", str(o),
+             "--deploy-config", str(t / "app.yaml"), "--set",
+             "serving.api_key_env=KAKUGO_UNSET_KEY"], 2,
+            "serving.api_key_env is 'KAKUGO_UNSET_KEY', but $KAKUGO_UNSET_KEY is not set"))[1],
+    "API key variable that is not a name": lambda t, o, r: Case(
+        ["config", "--set", "serving.api_key_env=my key"], 2,
+        "serving.api_key_env: bad value 'my key'"),
+    "a default max_tokens above the limit": lambda t, o, r: Case(
+        ["config", "--set", "serving.default_max_tokens=9999"], 2,
+        "default_max_tokens (9999) must be <= max_tokens_limit (4096)"),
+    "an S3 model key that leads outside its folder": lambda t, o, r: Case(
+        run_args(t / "fresh", "--set", f"student.model={traversal_model(r)}"), 1,
+        "the key leads outside"),
+    "an output root spelled another way is the same run": lambda t, o, r: Case(
+        run_args(Path(str(o).replace("/out", "/./out")), "--set", "seed=7"), 2,
+        "different configuration"),
 }
+
+
+def traversal_model(request) -> str:
+    """An s3:// model prefix with a key that climbs out of it (S3 keeps `..` as written)."""
+    import boto3
+
+    server = request.getfixturevalue("s3_server")
+    client = boto3.client("s3", endpoint_url=server["AWS_ENDPOINT_URL"])
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket="kakugo-traversal")
+    client.put_object(Bucket="kakugo-traversal", Key="m/config.json", Body=b"{}")
+    client.put_object(Bucket="kakugo-traversal", Key="m/../../escaped", Body=b"x")
+    return "s3://kakugo-traversal/m"
 
 
 @pytest.fixture

@@ -83,7 +83,8 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
     assert student.deployment_config["autoscaling_config"]["max_replicas"] == 1
     assert student.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert args["ingress_cls_config"]["ingress_extra_kwargs"] == {
-        "max_request_bytes": 1_000_000, "max_tokens_limit": 512}
+        "max_request_bytes": 1_000_000, "max_tokens_limit": 512, "default_max_tokens": 512,
+        "max_n": 4, "api_key_sha256": None}
 
     deploy = yaml.safe_load(yaml.safe_dump(deploy_config(config, models)))
     app = deploy["applications"][0]
@@ -106,3 +107,35 @@ def test_s3_models_are_mirrored_by_ray_and_gpu_engines_get_gpu_bundles(run):
     assert "callback_config" not in cfg  # Ray's node initialisation copies the mirror
     assert cfg["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}] * 2
     assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2
+
+
+def test_the_api_key_reaches_the_app_as_a_digest_and_a_missing_one_is_refused(run,
+                                                                             monkeypatch):
+    import hashlib
+
+    from kakugo.serving import deploy_config, served_models, serving_args
+
+    config, langs, storage = run
+    keyed = config.model_copy(update={"serving": config.serving.model_copy(
+        update={"api_key_env": "KAKUGO_TEST_KEY"})})
+    models = served_models(keyed, langs, storage)
+    monkeypatch.delenv("KAKUGO_TEST_KEY", raising=False)
+    with pytest.raises(ServeConfigError, match=r"serving.api_key_env is 'KAKUGO_TEST_KEY', "
+                       r"but \$KAKUGO_TEST_KEY is not set"):
+        serving_args(keyed, models)
+    monkeypatch.setenv("KAKUGO_TEST_KEY", "s3cret-key-value")
+    kwargs = serving_args(keyed, models)["ingress_cls_config"]["ingress_extra_kwargs"]
+    assert kwargs["api_key_sha256"] == hashlib.sha256(b"s3cret-key-value").hexdigest()
+    assert "s3cret-key-value" not in yaml.safe_dump(deploy_config(keyed, models))
+
+
+def test_serve_binds_where_the_command_line_says(data_dir):
+    from kakugo.cli import _config_from, build_parser
+
+    args = build_parser().parse_args(["serve", "--config", "configs/tiny-cpu.yaml",
+                                      "--languages", "gd", "--host", "0.0.0.0",
+                                      "--port", "8123"])
+    serving = _config_from(args).serving
+    assert (serving.host, serving.port) == ("0.0.0.0", 8123)
+    default = _config_from(build_parser().parse_args(["serve", "--languages", "gd"])).serving
+    assert (default.host, default.port) == ("127.0.0.1", 8000)
