@@ -85,10 +85,10 @@ class ModelSource:
             check_model_dir(Path(self.spec))
             return self.spec
         if self.kind == "s3":
-            from kakugo.storage import Storage
+            from kakugo.storage import Storage, is_complete_dir
 
             target = cache_dir() / "models" / "s3" / self.spec.removeprefix("s3://")
-            if not (target / "config.json").is_file():
+            if not is_complete_dir(target):  # never copied, or cut short: copied again
                 Storage(self.spec).download_dir("", target)
             check_model_dir(target)
             return str(target)

@@ -23,7 +23,7 @@ from kakugo.errors import PublishError
 from kakugo.languages import Language
 from kakugo.layout import dataset_dir, tuned_model_dir
 from kakugo.models import repo_id
-from kakugo.storage import Storage
+from kakugo.storage import COMPLETE, Storage
 
 log = logging.getLogger("kakugo.publish")
 
@@ -90,7 +90,11 @@ def plan_language(config: RunConfig, lang: Language, storage: Storage,
     uploads = []
     for kind in kinds:
         folder = dataset_dir(code) if kind == "dataset" else tuned_model_dir(code)
-        files = [name.removeprefix(folder + "/") for name in storage.list(folder, recursive=True)]
+        files = [name.removeprefix(folder + "/") for name in storage.list(folder, recursive=True)
+                 if not name.endswith("/" + COMPLETE)]
+        if kind == "model" and not storage.is_complete(folder):
+            raise PublishError(f"{lang}: the model at {storage.uri(folder)} was not exported "
+                               "whole (no completion marker): run training again")
         if kind == "dataset":
             files = [f for f in files if f.startswith(DATASET_FILES)]
         stage = "the dataset stage" if kind == "dataset" else "training"

@@ -64,7 +64,8 @@ class ServedModel:
 
 
 def has_tuned_model(storage: Storage, lang: Language) -> bool:
-    return storage.exists(f"{tuned_model_dir(lang.flores_code)}/config.json")
+    """Training exported the language's model whole (a cut export is not served)."""
+    return storage.is_complete(tuned_model_dir(lang.flores_code))
 
 
 def served_models(config: RunConfig, languages: list[Language], storage: Storage,

@@ -54,6 +54,13 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 COPY_CHUNK = 8 << 20  # bytes per read while a file is copied
+# Written last into a folder copied whole (a model): a folder without it is a cut copy.
+COMPLETE = "_COMPLETE"
+
+
+def is_complete_dir(path: Path) -> bool:
+    """A local folder that a copy finished (download_dir wrote its marker last)."""
+    return (path / COMPLETE).is_file()
 
 
 class Storage:
@@ -220,11 +227,14 @@ class Storage:
         root = target.resolve()
         copies = []
         for name in files:
+            if posixpath.basename(name) == COMPLETE:  # the source's own: ours comes last
+                continue
             local = (root / (posixpath.relpath(name, prefix) if prefix else name)).resolve()
             if not local.is_relative_to(root):
                 raise StorageError(f"{self.uri(name)}: the key leads outside {target} "
                                    "(a '..' segment or an absolute path); nothing copied")
             copies.append((name, local))
+        (root / COMPLETE).unlink(missing_ok=True)
         for name, local in copies:
             local.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -233,10 +243,14 @@ class Storage:
                     shutil.copyfileobj(src, dst, COPY_CHUNK)
             except OSError as exc:
                 raise self._wrap("reading", name, exc) from None
+        (root / COMPLETE).write_text(f"{len(copies)} files from {self.uri(rel)}\n")
 
     def upload_dir(self, source: Path, rel: str) -> None:
-        """Copy every file below a local folder to `rel`, each as a stream."""
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        """Copy every file below a local folder to `rel`, each as a stream, and then the
+        folder's completion marker (`is_complete`): a copy cut short has none."""
+        self.delete(posixpath.join(rel, COMPLETE))
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE)
+        for path in files:
             name = posixpath.join(rel, path.relative_to(source).as_posix())
             target = self.path(name)
             try:
@@ -246,3 +260,8 @@ class Storage:
                     shutil.copyfileobj(src, dst, COPY_CHUNK)
             except OSError as exc:
                 raise self._wrap("writing", name, exc) from None
+        self.write_text(posixpath.join(rel, COMPLETE), f"{len(files)} files\n")
+
+    def is_complete(self, rel: str) -> bool:
+        """Whether a folder copied with upload_dir was copied whole."""
+        return self.exists(posixpath.join(rel, COMPLETE))

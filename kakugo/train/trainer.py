@@ -134,8 +134,12 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
     digest = config.digest(*CONFIG_SECTIONS)
     previous = layout.read_manifest(storage, layout.train_dir(code))
     if previous and previous.get("config_hash") == digest:
-        log.info("train/%s: done earlier, skipped", code)
-        return {"skipped": True, **previous}
+        if storage.is_complete(layout.tuned_model_dir(code)):
+            log.info("train/%s: done earlier, skipped", code)
+            return {"skipped": True, **previous}
+        log.warning("train/%s: trained, but the model at %s was not exported whole: "
+                    "resuming from the last checkpoint to export it again", code,
+                    storage.uri(layout.tuned_model_dir(code)))
     if previous:  # finished under another config: its checkpoints must not be resumed
         storage.delete(layout.train_dir(code))
         storage.delete(layout.train_checkpoints(code))

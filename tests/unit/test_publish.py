@@ -46,6 +46,7 @@ def write_outputs(root: Path, config, lang) -> None:
     model.mkdir(parents=True)
     (model / "model.safetensors").write_bytes(b"weights")
     (model / "config.json").write_text("{}")
+    (model / "_COMPLETE").write_text("4 files\n")  # what an export writes last
     training = config.training.model_dump(mode="json")
     (model / "README.md").write_text(model_card({
         "language": {"tag": lang.tag, "name": lang.name}, "training": training,
@@ -130,6 +131,8 @@ def test_dry_run_cli_lists_the_uploads_and_sends_nothing(outputs, capsys, monkey
      "the card's language is ['cy'], not ['gd']"),
     (lambda root: (root / "gla_Latn/model/model.safetensors").unlink(),
      "no safetensors weights under"),
+    (lambda root: (root / "gla_Latn/model/_COMPLETE").unlink(),
+     "was not exported whole"),
     (lambda root: [p.unlink() for p in (root / "gla_Latn/dataset").rglob("*") if p.is_file()],
      "no dataset at"),
 ])

@@ -21,6 +21,7 @@ def run(tmp_path, data_dir):
     storage = Storage(str(tmp_path))
     for name in ("config.json", "tokenizer_config.json"):  # gd trained, cy not
         storage.write_text(f"gla_Latn/model/{name}", "{}")
+    storage.write_text("gla_Latn/model/_COMPLETE", "2 files\n")  # exported whole
     return config, langs, storage
 
 

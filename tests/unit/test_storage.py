@@ -144,3 +144,54 @@ def test_a_key_that_leads_outside_the_target_folder_is_refused(s3_bucket, s3_ser
                                            r"copied"):
         Storage(s3_bucket).download_dir("models/m", target)
     assert not list(tmp_path.rglob("escaped.txt")) and not target.exists()
+
+
+class CutAfter:
+    """The storage's file system, whose `method` fails (the endpoint gone) after `n` calls."""
+
+    def __init__(self, fs, method: str, n: int):
+        self.fs, self.method, self.n, self.calls = fs, method, n, 0
+
+    def __getattr__(self, name):
+        real = getattr(self.fs, name)
+        if name != self.method:
+            return real
+
+        def cut(*args, **kwargs):
+            self.calls += 1
+            if self.calls > self.n:
+                raise OSError("connection refused")
+            return real(*args, **kwargs)
+        return cut
+
+
+def test_a_copy_cut_half_way_is_never_taken_for_a_whole_one(s3_bucket, tmp_path):
+    """The S3 endpoint goes away after the first file of a model's upload: the folder has
+    no completion marker, so readers (the model cache, "has a tuned model") see no model;
+    the next upload completes it. The same for a download into the local cache."""
+    from kakugo.storage import COMPLETE, is_complete_dir
+
+    src = tmp_path / "model"
+    src.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (src / name).write_bytes(b"x" * 1000)
+    storage = Storage(s3_bucket + "/runs/a")
+    fs = storage.fs
+    storage.fs = CutAfter(fs, "open_output_stream", 1)
+    with pytest.raises(StorageError, match="writing"):
+        storage.upload_dir(src, "gla_Latn/model")
+    storage.fs = fs
+    assert storage.list("gla_Latn/model") == ["gla_Latn/model/config.json"]  # looks like one
+    assert not storage.is_complete("gla_Latn/model")
+    storage.upload_dir(src, "gla_Latn/model")  # the next run
+    assert storage.is_complete("gla_Latn/model")
+    assert len(storage.list("gla_Latn/model")) == 4
+
+    cache = tmp_path / "cache"
+    storage.fs = CutAfter(fs, "open_input_stream", 2)
+    with pytest.raises(StorageError, match="reading"):
+        storage.download_dir("gla_Latn/model", cache)
+    storage.fs = fs
+    assert (cache / "config.json").is_file() and not is_complete_dir(cache)
+    storage.download_dir("gla_Latn/model", cache)
+    assert is_complete_dir(cache) and (cache / COMPLETE).read_text().startswith("3 files")
