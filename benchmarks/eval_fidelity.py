@@ -40,7 +40,8 @@ def main() -> None:
         'evaluation.tasks=["sib200"]', "evaluation.backend=hf", f"evaluation.limit={args.limit}"])
     eng = resolve("eng_Latn", eval_data_dir())
     model = EvalModel("smollm2-135m-instruct", "base",
-                      ModelSource.parse("embedded:smollm2-135m-instruct").materialize())
+                      ModelSource.parse("embedded:smollm2-135m-instruct").materialize(),
+                      "base embedded:smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as tmp:
         tasks, _ = render(config, [eng], Path(tmp))
         ours = run_lm_eval(config, model, tasks, Path(tmp), None)[tasks[0].name]["results"]

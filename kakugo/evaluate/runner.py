@@ -31,7 +31,15 @@ from kakugo.config import RunConfig
 from kakugo.costs import evaluation_devices
 from kakugo.evaluate.taskset import EvalTask, render
 from kakugo.languages import Language
-from kakugo.layout import EVAL_MARKDOWN, EVAL_TABLE, eval_plot, result_path, tuned_model_dir
+from kakugo.layout import (
+    EVAL_MARKDOWN,
+    EVAL_TABLE,
+    eval_plot,
+    read_manifest,
+    result_path,
+    train_dir,
+    tuned_model_dir,
+)
 from kakugo.models import ModelSource, tuned_model_name
 from kakugo.storage import Storage, StorageError
 
@@ -46,16 +54,28 @@ class EvalModel:
     name: str     # served name
     role: str     # "base" or "tuned"
     path: str     # a local directory (tokenizer; the weights for the hf backend)
+    version: str  # what its results are tied to: a retrained model is evaluated again
 
 
 def models_for(config: RunConfig, lang: Language, storage: Storage) -> list[EvalModel]:
     models = [EvalModel(config.student.name, "base",
-                        ModelSource.parse(config.student.model).materialize())]
+                        ModelSource.parse(config.student.model).materialize(),
+                        f"base {config.student.model}")]
     if serving.has_tuned_model(storage, lang):
         folder = storage.uri(tuned_model_dir(lang.flores_code))
+        trained = read_manifest(storage, train_dir(lang.flores_code)) or {}
         models.append(EvalModel(tuned_model_name(config, lang), "tuned",
-                                ModelSource.parse(folder).materialize()))
+                                ModelSource.parse(folder).materialize(),
+                                f"trained {trained.get('config_hash')} "
+                                f"{trained.get('finished')}"))
     return models
+
+
+def has_result(storage: Storage, task: EvalTask, model: EvalModel) -> bool:
+    """A result of this very model for the task (one of an earlier model does not count)."""
+    path = result_path(task.language, task.kind, model.name)
+    return storage.exists(path) and \
+        storage.read_json(path).get("model_version") == model.version
 
 
 def lm_eval_model(config: RunConfig, model: EvalModel, url: str | None,
@@ -102,6 +122,7 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
     for t in tasks:
         result = {"task": t.name, "kind": t.kind, "language": t.language,
                   "model": model.name, "role": model.role, "lm_eval_model": model_type,
+                  "model_version": model.version,
                   "num_fewshot": config.evaluation.num_fewshot,
                   "n_samples": out["n-samples"].get(t.name),
                   "results": out["results"][t.name],
@@ -165,8 +186,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
         plan = {lang.flores_code: models_for(config, lang, storage) for lang in languages}
         if config.evaluation.backend == "serve" and url is None:
             url = config.evaluation.url
-        pending = any(not storage.exists(result_path(t.language, t.kind, m.name))
-                      for t in tasks for m in plan[t.language])
+        pending = any(not has_result(storage, t, m) for t in tasks for m in plan[t.language])
         if config.evaluation.backend == "serve" and url is None and pending:
             wanted = sorted({m.name for models in plan.values() for m in models})
             served = serving.served_models(config, languages, storage, wanted)
@@ -197,7 +217,7 @@ def evaluate_language(config: RunConfig, tasks: list[EvalTask], models: list[Eva
     """Every model of one language on its unfinished tasks; True if lm-eval ran."""
     ran = False
     for model in models:
-        todo = [t for t in tasks if not storage.exists(result_path(t.language, t.kind, model.name))]
+        todo = [t for t in tasks if not has_result(storage, t, model)]
         for generation in (False, True):
             group = [t for t in todo if t.generation is generation]
             if not group:

@@ -11,6 +11,7 @@ import pytest
 from kakugo.config import load_config
 from kakugo.languages import resolve
 from tests.conftest import TINY_STUDENT
+from tests.integration.conftest import SERVE_KEY_ENV
 from tests.unit.test_evaluate_tasks import fixture_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -27,7 +28,8 @@ def evaluated(served, trained, data_dir, tmp_path_factory):
         *TINY_STUDENT, f"output={trained['out']}", 'languages=["gd", "yo"]', f"evaluation.data_dir={data}",
         f"evaluation.tasks={TASKS}", "evaluation.limit=4", "evaluation.max_gen_tokens=40",
         "evaluation.num_fewshot=3",  # the paper's (tiny-cpu.yaml evaluates 0-shot)
-        f"evaluation.url={served['url']}"])
+        f"evaluation.url={served['url']}",
+        f"serving.api_key_env={SERVE_KEY_ENV}"])  # the served app wants its key
     langs = [resolve("gd", data), resolve("yo", data)]
     summary = evaluate(config, langs, trained["storage"])
     return {"config": config, "langs": langs, "summary": summary, "storage": trained["storage"]}
@@ -99,3 +101,28 @@ def test_a_student_that_thinks_is_scored_on_its_answer_and_both_decode_alike(eva
             assert example["answer"] == ""  # closes its block): nothing to score
     assert "decode the base and the tuned student alike: greedy" in storage.read_text(
         "eval/results.md")
+
+
+def test_a_retrained_model_is_evaluated_again_an_unchanged_one_is_not(evaluated, monkeypatch):
+    """Results are tied to the model they scored: the tuned student's training manifest
+    says it was trained again, so its results are stale; the base student's are not."""
+    from kakugo import layout
+    from kakugo.evaluate import runner
+
+    storage = evaluated["storage"]
+    asked = []
+
+    def record(config, model, tasks, task_dir, url):
+        asked.append(model.name)
+        raise RuntimeError(f"lm-eval asked for {model.name}")
+
+    monkeypatch.setattr(runner, "run_lm_eval", record)
+    manifest = layout.read_manifest(storage, layout.train_dir("gla_Latn"))
+    retrained = {**manifest, "finished": "2099-01-01T00:00:00+00:00"}
+    storage.write_json(layout.manifest(layout.train_dir("gla_Latn")), retrained)
+    try:
+        out = runner.evaluate(evaluated["config"], evaluated["langs"], storage)
+    finally:
+        storage.write_json(layout.manifest(layout.train_dir("gla_Latn")), manifest)
+    assert asked == ["kakugo-gla"]  # the base student's results still stand
+    assert "lm-eval asked for kakugo-gla" in out["failed"]["gla_Latn"]
