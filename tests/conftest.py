@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # evaluate students take the random Granite-4.0-Micro-shaped one: its architecture is the
 # paper's student's, and it is about ten times faster on 2 cores
 TINY_STUDENT = ["student.model=embedded:tiny-granite", "student.name=tiny-granite"]
+SERVE_KEY_ENV = "KAKUGO_TEST_SERVE_KEY"  # the API key of the served app in integration tests
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,7 +12,7 @@ import pytest
 from kakugo.config import load_config
 from kakugo.languages import resolve
 from kakugo.storage import Storage
-from tests.conftest import TINY_STUDENT
+from tests.conftest import SERVE_KEY_ENV, TINY_STUDENT
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,6 @@ def serve_port(ray_cluster) -> int:
 
 
 COLOURS = ["dearg", "gorm", "uaine", "buidhe"]
-SERVE_KEY_ENV = "KAKUGO_TEST_SERVE_KEY"
 OVERRIDES = [
     *TINY_STUDENT, "training.num_workers=2", "training.cpus_per_worker=0.5", "training.learning_rate=0.005",
     "training.warmup_ratio=0", "training.lr_scheduler=constant", "training.cutoff_len=96",
