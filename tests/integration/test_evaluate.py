@@ -10,8 +10,7 @@ import pytest
 
 from kakugo.config import load_config
 from kakugo.languages import resolve
-from tests.conftest import TINY_STUDENT
-from tests.integration.conftest import SERVE_KEY_ENV
+from tests.conftest import SERVE_KEY_ENV, TINY_STUDENT
 from tests.unit.test_evaluate_tasks import fixture_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
