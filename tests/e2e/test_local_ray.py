@@ -1,0 +1,39 @@
+"""A local run on a machine where a Ray head once ran and was stopped by a signal (as our
+own scripts stop it): Ray's temp folder still names that head's address. kakugo must start
+a cluster of its own, not try to join the dead one (run after the other e2e modules: no
+other cluster is up)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SCRIPT = """
+import ray
+from kakugo.config import load_config
+from kakugo.run import connect_ray
+
+connect_ray(load_config("configs/tiny-cpu.yaml", ["cluster.local_num_cpus=2"]))
+print("CPUs", ray.cluster_resources()["CPU"])
+ray.shutdown()
+"""
+
+
+def test_a_dead_heads_leftovers_do_not_stop_a_local_run(tmp_path):
+    temp = tmp_path / "tmp"
+    (temp / "ray").mkdir(parents=True)
+    # what `ray start --head` leaves behind once its processes are killed
+    (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(TMPDIR=str(temp), RAY_TMPDIR=str(temp))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CPUs 2.0" in proc.stdout  # a cluster of its own, with the CPUs it asked for
