@@ -181,6 +181,9 @@ class ScenariosConfig(Strict):
     prompts_per_scenario: int = Field(5, ge=0, description="prompts per detailed scenario")
 
 
+FINEWEB2_HUB_ID = "HuggingFaceFW/fineweb-2"  # contexts.source "fineweb2"
+
+
 class ContextsConfig(Strict):
     source: str = Field(
         "fineweb2",
@@ -437,6 +440,8 @@ class PublishConfig(Strict):
     model_repo: str = Field("kakugo-3B-{iso639_3}", description="model repo name; same "
                             "placeholders")
     private: bool = Field(False, description="create the repos private")
+    model_license: str = Field("apache-2.0", description="licence of the pushed models (the "
+                               "student's own: Granite 4.0 and SmolLM2 are apache-2.0)")
 
     @field_validator("dataset_repo", "model_repo")
     @classmethod

@@ -10,19 +10,18 @@ published with. The token comes from HF_TOKEN or a `hf auth login`, and is never
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from kakugo.config import RunConfig
 from kakugo.errors import PublishError
-from kakugo.languages import Language
-from kakugo.layout import dataset_dir, tuned_model_dir
-from kakugo.models import repo_id
+from kakugo.languages import EVAL_HUB_DATASETS, Language
+from kakugo.layout import dataset_dir, result_files, tuned_model_dir
+from kakugo.models import ModelSource, repo_id, tuned_model_name
 from kakugo.storage import COMPLETE, Storage
 
 log = logging.getLogger("kakugo.publish")
@@ -32,7 +31,7 @@ KINDS: tuple[Kind, ...] = ("dataset", "model")
 # the header fields each card must have: what the Hub indexes and what our readers use
 REQUIRED_CARD_FIELDS: dict[Kind, tuple[str, ...]] = {
     "dataset": ("language", "license", "pretty_name", "task_categories", "configs", "kakugo"),
-    "model": ("language", "license", "library_name", "pipeline_tag", "base_model", "datasets"),
+    "model": ("language", "license", "library_name", "pipeline_tag", "datasets"),
 }
 # what goes up: the deliverable, not the rejects or training leftovers
 DATASET_FILES = ("README.md", "dataset_info.json", "data/")
@@ -69,19 +68,18 @@ def card_header(text: str, where: str) -> dict[str, Any]:
     return header
 
 
-def check_card(header: dict[str, Any], kind: Kind, lang: Language, where: str) -> None:
-    missing = [k for k in REQUIRED_CARD_FIELDS[kind] if not header.get(k)]
+def check_card(header: dict[str, Any], kind: Kind, lang: Language, where: str,
+               base_model: str | None = None) -> None:
+    """The fields the Hub and our readers need; a model of a hub student names it as its
+    `base_model` (and one of a local or embedded student names none)."""
+    required = REQUIRED_CARD_FIELDS[kind] + (("base_model",) if base_model else ())
+    missing = [k for k in required if not header.get(k)]
     if missing:
         raise PublishError(f"{where}: the {kind} card lacks {', '.join(missing)} (required: "
                            f"{', '.join(REQUIRED_CARD_FIELDS[kind])})")
     if lang.tag not in (header["language"] or []):
         raise PublishError(f"{where}: the card's language is {header['language']!r}, not "
                            f"[{lang.tag!r}] ({lang})")
-
-
-def with_header(text: str, header: dict[str, Any]) -> str:
-    body = text[text.index("\n---", 4) + 4:]
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---" + body
 
 
 def plan_language(config: RunConfig, lang: Language, storage: Storage,
@@ -110,12 +108,59 @@ def plan_language(config: RunConfig, lang: Language, storage: Storage,
         where = storage.uri(folder, "README.md")
         text = storage.read_text(f"{folder}/README.md")
         header = card_header(text, where)
-        if kind == "model":  # point at the dataset repo it is published with
-            header["datasets"] = [repo_id(config, lang, "dataset")]
-        check_card(header, kind, lang, where)
+        base = None
+        if kind == "model":
+            text, header = model_card_for_push(config, lang, storage, text, where)
+            base = config.student.model if \
+                ModelSource.parse(config.student.model).kind == "hub" else None
+        check_card(header, kind, lang, where, base)
         uploads.append(Upload(code, kind, repo_id(config, lang, kind), folder, sorted(files),
-                              with_header(text, header), header))
+                              text, header))
     return uploads
+
+
+def eval_results(config: RunConfig, lang: Language, storage: Storage) -> list[Any]:
+    """The tuned student's scores, as the Hub shows them (model-index): one per task."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for rel in result_files(storage, lang.flores_code):
+        result = storage.read_json(rel)
+        if result.get("model") != tuned_model_name(config, lang):
+            continue
+        kind = result["kind"]
+        flores = kind.startswith("flores")
+        metric = "chrf" if flores else "acc"
+        value = result["results"].get(f"{metric},none")
+        if value is None:
+            continue
+        out.append(EvalResult(
+            task_type="translation" if flores else "text-classification",
+            dataset_type=EVAL_HUB_DATASETS["flores200" if flores else kind],
+            dataset_name=f"{kind} ({lang.flores_code})", metric_type=metric,
+            metric_value=round(float(value), 4),
+            dataset_split="devtest" if flores else "test"))
+    return out
+
+
+def model_card_for_push(config: RunConfig, lang: Language, storage: Storage, text: str,
+                        where: str) -> tuple[str, dict[str, Any]]:
+    """The exported card with what is known only at push time: the licence
+    (`publish.model_license`), the dataset repo it is published with, and its scores."""
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard(text)
+    except ValueError as exc:  # the header parsed as YAML but not as card data
+        raise PublishError(f"{where}: not a model card: {exc}") from None
+    card.data.license = config.publish.model_license
+    card.data.datasets = [repo_id(config, lang, "dataset")]
+    card.data.model_name = repo_id(config, lang, "model")
+    results = eval_results(config, lang, storage)
+    if results:
+        card.data.eval_results = results
+    new = str(card)
+    return new, card_header(new, where)
 
 
 def plan(config: RunConfig, languages: list[Language], storage: Storage,
@@ -136,6 +181,23 @@ def hub_api(api: Any = None) -> Any:
     return HfApi()
 
 
+def commit_operations(u: Upload, storage: Storage, files: contextlib.ExitStack) -> list[Any]:
+    """One upload's files, read where they are: a local output root's files by path, an
+    S3 one's as seekable streams (huggingface_hub reads them to hash, then to send); no
+    copy of the weights in between. The card is the one planned (push-time fields)."""
+    from huggingface_hub import CommitOperationAdd
+
+    ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=u.card.encode())]
+    for name in u.files:
+        if name == "README.md":
+            continue
+        rel = f"{u.folder}/{name}"
+        source = storage.path(rel) if not storage.is_s3 else \
+            files.enter_context(storage.open_reader(rel))
+        ops.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=source))
+    return ops
+
+
 def push(config: RunConfig, languages: list[Language], storage: Storage, *,
          dry_run: bool = False, kinds: tuple[Kind, ...] = KINDS, api: Any = None
          ) -> list[dict[str, Any]]:
@@ -146,17 +208,13 @@ def push(config: RunConfig, languages: list[Language], storage: Storage, *,
     api = hub_api(api)
     done = []
     for u in uploads:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp)
-            for name in u.files:
-                target = local / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(storage.read_bytes(f"{u.folder}/{name}"))
-            (local / "README.md").write_text(u.card, encoding="utf-8")
-            api.create_repo(u.repo_id, repo_type=u.kind, private=config.publish.private,
-                            exist_ok=True)
-            api.upload_folder(folder_path=str(local), repo_id=u.repo_id, repo_type=u.kind,
-                              commit_message=f"kakugo {config.name}: {u.language} {u.kind}")
+        api.create_repo(u.repo_id, repo_type=u.kind, private=config.publish.private,
+                        exist_ok=True)
+        with contextlib.ExitStack() as files:
+            api.create_commit(
+                repo_id=u.repo_id, repo_type=u.kind, operations=commit_operations(
+                    u, storage, files),
+                commit_message=f"kakugo {config.name}: {u.language} {u.kind}")
         log.info("pushed %s %s -> https://huggingface.co/%s%s (%d files)", u.language, u.kind,
                  "datasets/" if u.kind == "dataset" else "", u.repo_id, len(u.files))
         done.append({**u.describe(), "uploaded": True})

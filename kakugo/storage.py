@@ -8,6 +8,7 @@ single PUT on S3, so a crash never leaves half a manifest.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -61,6 +62,34 @@ COMPLETE = "_COMPLETE"
 def is_complete_dir(path: Path) -> bool:
     """A local folder that a copy finished (download_dir wrote its marker last)."""
     return (path / COMPLETE).is_file()
+
+
+class _RandomAccess(io.RawIOBase):
+    """A pyarrow random-access file as a raw Python stream."""
+
+    def __init__(self, native: Any):
+        self.native = native
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.native.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.native.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.native.tell()
+
+    def close(self) -> None:
+        self.native.close()
+        super().close()
 
 
 class Storage:
@@ -261,6 +290,15 @@ class Storage:
             except OSError as exc:
                 raise self._wrap("writing", name, exc) from None
         self.write_text(posixpath.join(rel, COMPLETE), f"{len(files)} files\n")
+
+    def open_reader(self, rel: str) -> io.BufferedReader:
+        """A file as a seekable binary reader (io.BufferedIOBase, what libraries that hash
+        and then send a file ask for), read from the store as it goes."""
+        try:
+            return io.BufferedReader(_RandomAccess(self.fs.open_input_file(self.path(rel))),
+                                     COPY_CHUNK)
+        except OSError as exc:
+            raise self._wrap("reading", rel, exc) from None
 
     def is_complete(self, rel: str) -> bool:
         """Whether a folder copied with upload_dir was copied whole."""

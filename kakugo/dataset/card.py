@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kakugo.config import RunConfig
+from kakugo.config import FINEWEB2_HUB_ID, RunConfig
 from kakugo.languages import Language
+from kakugo.models import HUB_ID_RE
 
 
 def dataset_name(lang: Language) -> str:
@@ -31,19 +32,38 @@ def _size_category(rows: int) -> str:
     return "100K<n<1M"
 
 
-def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> str:
-    import yaml
+def source_datasets(config: RunConfig) -> list[str]:
+    """The hub datasets the rows come from: the context texts and the English
+    instructions, where they are hub datasets (local and embedded sources are not)."""
+    out = []
+    if config.generation.contexts.source == "fineweb2":
+        out.append(FINEWEB2_HUB_ID)
+    source = config.translation.source
+    if HUB_ID_RE.match(source) and not source.startswith("embedded:") and \
+            not source.endswith((".jsonl", ".json", ".parquet")):
+        out.append(source)
+    return out
 
-    header = {
-        "language": [lang.tag],
-        "license": config.dataset.license,
-        "pretty_name": f"Kakugo {lang.name} SFT data",
-        "size_categories": [_size_category(stats["rows"])],
-        "task_categories": ["text-generation"],
-        "tags": ["kakugo", "synthetic", "distillation"],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        "kakugo": {
+
+def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> str:
+    """The card: huggingface_hub's DatasetCardData as its YAML header (what the Hub
+    indexes), our counts under `kakugo`, and a body with the tables."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        language=[lang.tag],
+        license=config.dataset.license,
+        pretty_name=f"Kakugo {lang.name} SFT data",
+        size_categories=[_size_category(stats["rows"])],
+        task_categories=["text-generation"],
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        multilinguality=["monolingual"],
+        source_datasets=source_datasets(config),
+        tags=["kakugo", "synthetic", "distillation"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        kakugo={
             "flores_code": lang.flores_code,
             "iso639_3": lang.iso639_3,
             "teacher": config.teacher.name or config.teacher.model,
@@ -62,7 +82,7 @@ def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> st
             "token_budget": stats["token_budget"],
             "budget_tokens_used": stats["budget_tokens_used"],
         },
-    }
+    )
     categories = "\n".join(f"| {k} | {v} |" for k, v in stats["categories"].items())
     rejects = "\n".join(f"| {k} | {v} |" for k, v in stats["rejects"].items()) or "| none | 0 |"
     checks = "\n".join(f"| {name} | {f['action']} | {f['dropped']} | {f['annotated']} |"
@@ -71,8 +91,8 @@ def dataset_card(lang: Language, config: RunConfig, stats: dict[str, Any]) -> st
               f"\nToken-limited variant: a budget of {stats['token_budget']} training tokens "
               f"({stats['budget_tokens_used']} used), filled with answers first; "
               f"{stats['rows_with_trace']} rows keep their reasoning trace.\n")
-    return f"""---
-{yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
+    return str(DatasetCard(f"""---
+{data.to_yaml()}
 ---
 
 # Kakugo {lang.name} SFT data
@@ -98,4 +118,4 @@ traces, plus a translated English instruction set. {stats['rows']} rows were kep
 Each row has a `messages` list in OpenAI chat format. Generated rows ask the model to
 think inside `<think>` tags first; translated rows have a short system prompt and no
 reasoning. `dataset_info.json` registers `data/` for LLaMA-Factory.
-"""
+"""))

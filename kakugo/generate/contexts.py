@@ -14,11 +14,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from kakugo.config import FINEWEB2_HUB_ID
 from kakugo.errors import ContextSourceError
 from kakugo.languages import Language
 from kakugo.storage import Storage
 
-FINEWEB2 = "HuggingFaceFW/fineweb-2"
+FINEWEB2 = FINEWEB2_HUB_ID
 
 
 def resolve_source(template: str, language: Language, data_dir: Path | None) -> str:

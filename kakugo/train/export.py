@@ -13,15 +13,23 @@ from kakugo.storage import Storage
 
 
 def model_card(cfg: dict[str, Any]) -> str:
-    lang, t = cfg["language"], cfg["training"]
-    header = {"language": [lang["tag"]], "license": "apache-2.0", "library_name": "transformers",
-              "pipeline_tag": "text-generation", "base_model": cfg["student_model"],
-              "datasets": [cfg["dataset_repo"]], "tags": ["kakugo", "distillation"]}
-    import yaml
+    """The card: huggingface_hub's ModelCardData as its header. `base_model` only where the
+    student is a hub model (a local or embedded student has no id the Hub knows); the
+    licence and the evaluation results are added when the model is pushed (kakugo push)."""
+    from huggingface_hub import ModelCard, ModelCardData
 
+    from kakugo.models import ModelSource
+
+    lang, t = cfg["language"], cfg["training"]
+    student = cfg["student_model"]
+    data = ModelCardData(
+        language=[lang["tag"]], library_name="transformers", pipeline_tag="text-generation",
+        base_model=student if ModelSource.parse(student).kind == "hub" else None,
+        datasets=[cfg["dataset_repo"]], tags=["kakugo", "distillation"],
+        model_name=cfg["model_name"])
     precision = "pure bf16" if t["master_weights"] == "bf16" else t["precision"]
-    return f"""---
-{yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
+    return str(ModelCard(f"""---
+{data.to_yaml()}
 ---
 
 # {cfg['model_name']}
@@ -34,7 +42,7 @@ cutoff length {t['cutoff_len']}, packing {'on' if t['packing'] else 'off'}) on t
 
 Training data: {cfg['train_rows']} packed rows of up to {t['cutoff_len']} tokens
 ({cfg['total_steps']} optimizer steps on {t['num_workers']} workers).
-"""
+"""))
 
 
 def export_model(module, state_dict: dict | None, cfg: dict[str, Any]) -> None:

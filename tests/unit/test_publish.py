@@ -80,17 +80,24 @@ def test_push_creates_each_repo_and_uploads_exactly_the_planned_files(outputs):
     config, lang, storage = outputs
 
     class RecordingHubApi:
+        """huggingface_hub's HfApi as push calls it; each commit's operations are real
+        CommitOperationAdd objects (their contents read as the Hub client reads them)."""
+
         def __init__(self):
             self.calls = []
 
         def create_repo(self, repo_id, *, repo_type, private, exist_ok):
             self.calls.append(("create", repo_id, repo_type, private, exist_ok))
 
-        def upload_folder(self, *, folder_path, repo_id, repo_type, commit_message):
-            files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
-                           if p.is_file())
-            card = (Path(folder_path) / "README.md").read_text()
+        def create_commit(self, *, repo_id, repo_type, operations, commit_message):
+            contents = {}
+            for op in operations:
+                with op.as_file() as f:
+                    contents[op.path_in_repo] = f.read()
+            files = sorted(contents)
+            card = contents["README.md"].decode()
             self.calls.append(("upload", repo_id, repo_type, files, card, commit_message))
+            self.contents = getattr(self, "contents", {}) | {repo_id: contents}
 
     api = RecordingHubApi()
     done = push(config, [lang], storage, api=api)
@@ -104,6 +111,8 @@ def test_push_creates_each_repo_and_uploads_exactly_the_planned_files(outputs):
     header = yaml.safe_load(upload_model[4].split("---")[1])
     assert header["datasets"] == ["kakugo-test/kakugo-gla"] and header["language"] == ["gd"]
     assert "gla_Latn model" in upload_model[5]
+    # the weights went up as they are in the output root, not a copy of a copy
+    assert api.contents["kakugo-test/kakugo-3B-gla"]["model.safetensors"] == b"weights"
 
 
 def test_dry_run_cli_lists_the_uploads_and_sends_nothing(outputs, capsys, monkeypatch):
@@ -125,7 +134,7 @@ def test_dry_run_cli_lists_the_uploads_and_sends_nothing(outputs, capsys, monkey
      "the YAML header does not parse"),
     (lambda root: (root / "gla_Latn/model/README.md").write_text(
         "---\nlanguage: [gd]\nlicense: apache-2.0\n---\n# card\n"),
-     "the model card lacks library_name, pipeline_tag, base_model"),
+     "the model card lacks library_name, pipeline_tag"),
     (lambda root: (root / "gla_Latn/dataset/README.md").write_text(
         (root / "gla_Latn/dataset/README.md").read_text().replace("- gd\n", "- cy\n", 1)),
      "the card's language is ['cy'], not ['gd']"),
@@ -164,3 +173,61 @@ def test_repo_name_templates_are_checked_at_config_load():
         load_config(TINY, ["publish.model_repo=kakugo-3B-{iso}"])
     with pytest.raises(ConfigError, match="not a hub repo name"):
         load_config(TINY, ["publish.dataset_repo=kakugo {name}"])
+
+
+def test_the_pushed_cards_carry_the_hubs_fields_and_the_scores(outputs):
+    """Cards built with huggingface_hub's card data: the dataset's sources and machine
+    annotation, the model's licence from publish.model_license, its scores as model-index,
+    and base_model only for a hub student (the tiny embedded one has none)."""
+    from huggingface_hub import DatasetCard, ModelCard
+
+    config, lang, storage = outputs
+    storage.write_json("eval/gla_Latn/kakugo-gla/sib200.json", {
+        "model": "kakugo-gla", "kind": "sib200", "results": {"acc,none": 0.4}})
+    storage.write_json("eval/gla_Latn/kakugo-gla/flores_en_xx.json", {
+        "model": "kakugo-gla", "kind": "flores_en_xx", "results": {"chrf,none": 6.67}})
+    storage.write_json("eval/gla_Latn/tiny-granite/sib200.json", {  # the base: not its card
+        "model": "tiny-granite", "kind": "sib200", "results": {"acc,none": 0.3}})
+    dataset, model = plan(config, [lang], storage)
+    data = DatasetCard(dataset.card).data
+    assert data.annotations_creators == ["machine-generated"]
+    assert not data.source_datasets  # tiny-cpu reads local texts and embedded instructions
+    from kakugo.dataset.card import source_datasets
+
+    assert source_datasets(load_config(None, [])) == ["HuggingFaceFW/fineweb-2",
+                                                      "BAAI/Infinity-Instruct"]
+    card = ModelCard(model.card).data
+    assert card.license == "apache-2.0" and card.base_model is None
+    scores = {(r.dataset_type, r.metric_type): r.metric_value for r in card.eval_results}
+    assert scores == {("Davlan/sib200", "acc"): 0.4,
+                      ("openlanguagedata/flores_plus", "chrf"): 6.67}
+    assert model.header["model-index"][0]["name"] == "kakugo-test/kakugo-3B-gla"
+
+
+def test_a_hub_student_is_the_cards_base_model():
+    from huggingface_hub import ModelCard
+
+    from kakugo.train.export import model_card
+
+    cfg = {"language": {"tag": "gd", "name": "Scottish Gaelic"},
+           "training": load_config(TINY, []).training.model_dump(mode="json"),
+           "model_name": "kakugo-gla", "dataset_repo": "kakugo-gla", "train_rows": 1,
+           "total_steps": 1}
+    hub = ModelCard(model_card({**cfg, "student_model": "ibm-granite/granite-4.0-micro"}))
+    assert hub.data.base_model == "ibm-granite/granite-4.0-micro"
+    embedded = ModelCard(model_card({**cfg, "student_model": "embedded:tiny-granite"}))
+    assert embedded.data.base_model is None
+
+
+def test_an_s3_output_root_is_pushed_from_streams(s3_bucket, tmp_path, data_dir):
+    """From an s3:// root the files go to the Hub client as seekable streams that it can
+    hash and read again (what CommitOperationAdd asks for), not as local copies."""
+    from huggingface_hub import CommitOperationAdd
+
+    storage = Storage(s3_bucket + "/runs/a")
+    storage.write_bytes("gla_Latn/model/model.safetensors", b"w" * 100_000)
+    with storage.open_reader("gla_Latn/model/model.safetensors") as reader:
+        op = CommitOperationAdd(path_in_repo="model.safetensors", path_or_fileobj=reader)
+        assert op.upload_info.size == 100_000
+        with op.as_file() as f:
+            assert f.read() == b"w" * 100_000
