@@ -71,11 +71,24 @@ def models_for(config: RunConfig, lang: Language, storage: Storage) -> list[Eval
     return models
 
 
-def has_result(storage: Storage, task: EvalTask, model: EvalModel) -> bool:
-    """A result of this very model for the task (one of an earlier model does not count)."""
+# the evaluation settings that change a score (not where or how fast it is computed)
+SCORING_FIELDS = ("num_fewshot", "limit", "max_gen_tokens", "repetition_penalty")
+
+
+def scoring_digest(config: RunConfig) -> str:
+    e = config.evaluation
+    return json.dumps({f: getattr(e, f) for f in SCORING_FIELDS}, sort_keys=True)
+
+
+def has_result(config: RunConfig, storage: Storage, task: EvalTask, model: EvalModel) -> bool:
+    """A result of this very model, scored with these settings (one of an earlier model,
+    or with other shots or limits, does not count)."""
     path = result_path(task.language, task.kind, model.name)
-    return storage.exists(path) and \
-        storage.read_json(path).get("model_version") == model.version
+    if not storage.exists(path):
+        return False
+    result = storage.read_json(path)
+    return result.get("model_version") == model.version and \
+        result.get("scoring") == scoring_digest(config)
 
 
 def lm_eval_model(config: RunConfig, model: EvalModel, url: str | None,
@@ -122,7 +135,7 @@ def run_lm_eval(config: RunConfig, model: EvalModel, tasks: list[EvalTask], task
     for t in tasks:
         result = {"task": t.name, "kind": t.kind, "language": t.language,
                   "model": model.name, "role": model.role, "lm_eval_model": model_type,
-                  "model_version": model.version,
+                  "model_version": model.version, "scoring": scoring_digest(config),
                   "num_fewshot": config.evaluation.num_fewshot,
                   "n_samples": out["n-samples"].get(t.name),
                   "results": out["results"][t.name],
@@ -186,7 +199,7 @@ def evaluate(config: RunConfig, languages: list[Language], storage: Storage,
         plan = {lang.flores_code: models_for(config, lang, storage) for lang in languages}
         if config.evaluation.backend == "serve" and url is None:
             url = config.evaluation.url
-        pending = any(not has_result(storage, t, m) for t in tasks for m in plan[t.language])
+        pending = any(not has_result(config, storage, t, m) for t in tasks for m in plan[t.language])
         if config.evaluation.backend == "serve" and url is None and pending:
             wanted = sorted({m.name for models in plan.values() for m in models})
             served = serving.served_models(config, languages, storage, wanted)
@@ -217,7 +230,7 @@ def evaluate_language(config: RunConfig, tasks: list[EvalTask], models: list[Eva
     """Every model of one language on its unfinished tasks; True if lm-eval ran."""
     ran = False
     for model in models:
-        todo = [t for t in tasks if not has_result(storage, t, model)]
+        todo = [t for t in tasks if not has_result(config, storage, t, model)]
         for generation in (False, True):
             group = [t for t in todo if t.generation is generation]
             if not group:

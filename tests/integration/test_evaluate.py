@@ -125,3 +125,9 @@ def test_a_retrained_model_is_evaluated_again_an_unchanged_one_is_not(evaluated,
         storage.write_json(layout.manifest(layout.train_dir("gla_Latn")), manifest)
     assert asked == ["kakugo-gla"]  # the base student's results still stand
     assert "lm-eval asked for kakugo-gla" in out["failed"]["gla_Latn"]
+    # other shots change every score: the base student is evaluated again too
+    asked.clear()
+    zero_shot = evaluated["config"].model_copy(update={"evaluation": evaluated[
+        "config"].evaluation.model_copy(update={"num_fewshot": 0})})
+    runner.evaluate(zero_shot, evaluated["langs"], storage)
+    assert asked and asked[0] == "tiny-granite"
