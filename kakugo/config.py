@@ -518,6 +518,10 @@ class ClusterConfig(Strict):
         return {**DEFAULT_PRICES, **value} if isinstance(value, dict) else value
 
 
+RUN_IDENTITY_SECTIONS = ("teacher", "student", "generation", "translation", "filters",
+                         "dataset", "seed")
+
+
 class RunConfig(Strict):
     name: str = Field("kakugo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="run name (job and app names)")
@@ -538,6 +542,13 @@ class RunConfig(Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     progress_every_s: float = Field(30.0, gt=0, description="seconds between progress lines "
                                     "(rows done, rate, ETA) while engine passes run")
+
+    def run_identity(self) -> str:
+        """What makes a run the run it is: the sections that decide what its data is. The
+        others change what they change through the stages' own hashes (training retrains,
+        evaluation re-scores) or nothing stored (where it is kept, which languages it has
+        so far, prices, serving, publishing, log intervals)."""
+        return self.digest(*RUN_IDENTITY_SECTIONS)
 
     def digest(self, *sections: str) -> str:
         """A short stable hash of the config, or of the named top-level sections. The whole

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict
 
 from kakugo import layout, logs
-from kakugo.config import RunConfig
+from kakugo.config import RUN_IDENTITY_SECTIONS, RunConfig
 from kakugo.errors import RunConflictError
 from kakugo.languages import Language, eval_data_dir, resolve_many
 from kakugo.models import ModelSource
@@ -34,12 +34,13 @@ def check_run(config: RunConfig, *, restart: bool = False) -> Storage:
     """The output root, once it is known to be writable and not another config's run."""
     storage = Storage(config.output)
     storage.check_writable()
-    digest = config.digest()
+    digest = config.run_identity()
     previous = storage.read_json(layout.RUN_MANIFEST, default=None)
     if previous is not None and previous.get("config_hash") != digest and not restart:
         raise RunConflictError(
             f"{storage.uri(layout.RUN_MANIFEST)} was written by a different configuration "
-            f"(hash {previous.get('config_hash')}, now {digest}); use a new output root, "
+            f"of the sections that decide the data ({', '.join(RUN_IDENTITY_SECTIONS)}: "
+            f"hash {previous.get('config_hash')}, now {digest}); use a new output root, "
             "or pass --restart to start over there"
         )
     return storage
@@ -49,7 +50,7 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
     """Check the output root and record the run; refuse to mix outputs of another config."""
     storage = check_run(config, restart=restart)
     previous = storage.read_json(layout.RUN_MANIFEST, default=None)
-    digest = config.digest()
+    digest = config.run_identity()
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     storage.write_json(
         layout.RUN_MANIFEST,

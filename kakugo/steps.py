@@ -123,10 +123,17 @@ class Stage:
     def manifest(self, step: str) -> dict[str, Any] | None:
         return layout.read_manifest(self.storage, self.folder(step))
 
-    def is_done(self, step: str) -> bool:
+    def missing(self, step: str) -> list[Language]:
+        """The batch's languages this step has not done with this stage's config: all of
+        them when the config changed, the new ones when the batch grew."""
         m = self.manifest(step)
-        return bool(m and m.get("config_hash") == self.digest
-                    and set(self.codes) <= set(m.get("languages", {})))
+        if not m or m.get("config_hash") != self.digest:
+            return list(self.languages)
+        done = set(m.get("languages", {}))
+        return [lang for lang in self.languages if lang.flores_code not in done]
+
+    def is_done(self, step: str) -> bool:
+        return not self.missing(step)
 
     def read(self, step: str, root: str | None = None):
         """A step's rows for this batch's languages (by default a step of this stage)."""
@@ -141,10 +148,15 @@ class Stage:
         return self._teacher_path
 
     def _finish(self, step: str, started: float, started_at: str, extra: dict[str, Any],
-                languages: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        if languages is None:
-            languages = step_stats(self.storage, self.folder(step), self.codes)[0]
-        manifest = {"step": step, "config_hash": self.digest, "languages": languages,
+                languages: dict[str, dict[str, Any]] | None = None,
+                earlier: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Write the step's manifest: this run's languages with their counts and
+        device-seconds, beside the ones done `earlier` with the same config."""
+        if languages is None:  # this run's languages (the folder holds the earlier ones too)
+            stats = step_stats(self.storage, self.folder(step), self.codes)[0]
+            languages = {code: stats[code] for code in self.codes}
+        manifest = {"step": step, "config_hash": self.digest,
+                    "languages": {**(earlier or {}), **languages},
                     "started": started_at, "finished": now(),
                     "wall_seconds": round(time.monotonic() - started, 2), **extra}
         # device-seconds for the cost ledger: engine steps hold the teacher's replicas (on
@@ -174,26 +186,43 @@ class Stage:
         return manifest
 
     def _step(self, step: str, build: Callable[[], Any]) -> dict[str, Any]:
-        """Run one step unless done. `build` returns a Ray Dataset (engine requests, or a
-        derived table written whole under the step's folder) or, for a step that writes
-        its own outputs, the per-language stats for the manifest."""
-        if self.is_done(step):
+        """Run one step for the languages it has not done (none: skipped). `build` returns
+        a Ray Dataset (engine requests, or a derived table written under the step's
+        folder) or, for a step that writes its own outputs, the per-language stats for the
+        manifest. The languages done earlier with this config are left as they are."""
+        todo = self.missing(step)
+        if not todo:
             self.log.info("%s/%s: done earlier, skipped", self.root, step)
             return {"skipped": True}
+        earlier = None
+        if len(todo) < len(self.languages):  # the batch grew: the others are done
+            earlier = (self.manifest(step) or {}).get("languages", {})
+        batch = self.languages
+        self.keep(todo)
+        try:
+            return self._run_step(step, build, earlier)
+        finally:
+            self.keep(batch)
+
+    def _run_step(self, step: str, build: Callable[[], Any],
+                  earlier: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
         self.log.info("%s/%s (step %d of %d): running for %s", self.root, step,
-                 self.steps.index(step) + 1, len(self.steps), ", ".join(self.codes))
+                      self.steps.index(step) + 1, len(self.steps), ", ".join(self.codes))
         started, started_at = time.monotonic(), now()
         try:
             dataset = build()
             if isinstance(dataset, dict):
-                return self._finish(step, started, started_at, {}, languages=dataset)
+                return self._finish(step, started, started_at, {}, dataset, earlier)
             languages = None
             if step in self.engine_steps:
                 extra = self.engine_pass(dataset, step)
                 stats = extra.pop("languages")
                 languages = {code: stats[code] for code in self.codes}
-            else:  # a derived table: deterministic, so rewritten whole
-                self.storage.delete(self.folder(step))
+            else:  # a derived table: deterministic, so its languages are rewritten whole
+                if earlier is None:
+                    self.storage.delete(self.folder(step))
+                for code in self.codes:
+                    self.storage.delete(f"{self.folder(step)}/language={code}")
                 dataset.write_parquet(self.storage.path(self.folder(step)),
                                       filesystem=self.storage.fs, partition_cols=["language"])
                 extra = {}
@@ -202,7 +231,7 @@ class Stage:
         except Exception as exc:
             self._raise_if_storage_is_down(step, exc)
             raise
-        return self._finish(step, started, started_at, extra, languages)
+        return self._finish(step, started, started_at, extra, languages, earlier)
 
     def engine_pass(self, requests, step: str) -> dict[str, Any]:
         """Send an engine step's requests to the teacher and write the replies; the pass's

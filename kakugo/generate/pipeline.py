@@ -65,12 +65,10 @@ class GenerationStage(Stage):
         """Read each language's own inputs (its context texts) before any engine work, and
         leave out of the stage the languages whose inputs cannot be read: {code: error}.
         The shared inputs (the teacher, the English set) fail the whole stage instead."""
-        if self.is_done("seeds"):
-            return {}
         ctx = self.config.generation.contexts
         data_dir = eval_data_dir(self.config.evaluation.data_dir)
         failed: dict[str, str] = {}
-        for lang in self.languages:
+        for lang in self.missing("seeds"):  # the texts are read by the seeds step only
             try:
                 self._texts[lang.flores_code] = list(
                     iter_texts(ctx.source, lang, data_dir, ctx.max_texts))

@@ -88,3 +88,21 @@ def test_an_output_root_spelled_three_ways_is_one_run(tmp_path, monkeypatch):
                              [f"output={output}", "languages=[gd]"])
         open_run(config, resolve_languages(config))  # no RunConflictError
     assert (tmp_path / "runs" / "x" / "run.json").is_file()
+
+
+def test_a_run_grows_and_changes_what_does_not_decide_its_data(tmp_path):
+    """More languages, other prices, another port or training section: the same run (the
+    stages' own hashes decide what is redone); another seed is another run."""
+    from kakugo.config import load_config
+    from kakugo.run import RunConflictError, open_run, resolve_languages
+
+    base = [f"output={tmp_path / 'run'}"]
+    for extra in (["languages=[gd]"], ["languages=[gd, cy]"],
+                  ["languages=[gd, cy]", "cluster.price_per_hour.CPU=0.1",
+                   "serving.port=8123", "training.learning_rate=1e-4", "progress_every_s=5",
+                   "publish.namespace=someone"]):
+        config = load_config(None, base + extra)
+        open_run(config, resolve_languages(config))
+    config = load_config(None, [*base, "languages=[gd]", "seed=7"])
+    with pytest.raises(RunConflictError, match="sections that decide the data"):
+        open_run(config, resolve_languages(config))
