@@ -2,6 +2,8 @@
 a step only for the languages it has not done, and leaves the others' files and counts as
 they were."""
 
+from typing import ClassVar
+
 import pytest
 
 from kakugo.config import load_config
@@ -18,7 +20,7 @@ class Rows(Stage):
     root = "grow"
     steps = ("rows",)
     config_sections = ("seed",)
-    built: list[list[str]] = []
+    built: ClassVar[list[list[str]]] = []
 
     def build_rows(self):
         import ray
