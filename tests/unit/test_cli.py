@@ -100,7 +100,9 @@ def test_a_run_grows_and_changes_what_does_not_decide_its_data(tmp_path):
     for extra in (["languages=[gd]"], ["languages=[gd, cy]"],
                   ["languages=[gd, cy]", "cluster.price_per_hour.CPU=0.1",
                    "serving.port=8123", "training.learning_rate=1e-4", "progress_every_s=5",
-                   "publish.namespace=someone"]):
+                   "publish.namespace=someone"],
+                  # what `kakugo evaluate --url ...` adds on an existing run
+                  ["languages=[gd, cy]", "evaluation.url=http://127.0.0.1:9/v1"]):
         config = load_config(None, base + extra)
         open_run(config, resolve_languages(config))
     config = load_config(None, [*base, "languages=[gd]", "seed=7"])
