@@ -235,11 +235,13 @@ def start(config: RunConfig, models: list[ServedModel]) -> str:
     serve.run(build_openai_app(serving_args(config, models)), name=APP_NAME, route_prefix="/",
               blocking=False)
     url = base_url(config)
-    check_reachable(url)
+    key_env = config.serving.api_key_env
+    check_reachable(url, headers={"Authorization": f"Bearer {os.environ[key_env]}"}
+                    if key_env else None)
     return url
 
 
-def answering(url: str, timeout: float) -> bool:
+def answering(url: str, timeout: float, headers: dict[str, str] | None = None) -> bool:
     """Whether an OpenAI-compatible server answers `GET {url}/models` within `timeout` s."""
     import time
 
@@ -248,7 +250,7 @@ def answering(url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+            if httpx.get(f"{url}/models", timeout=5, headers=headers).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -257,10 +259,11 @@ def answering(url: str, timeout: float) -> bool:
         time.sleep(1)
 
 
-def check_reachable(url: str, timeout: float = 30) -> None:
+def check_reachable(url: str, timeout: float = 30,
+                    headers: dict[str, str] | None = None) -> None:
     """The deployed app answers at `url`; else a clear error (Serve was already running on
     this cluster with another host/port, whose proxy the config cannot change)."""
-    if not answering(url, timeout):
+    if not answering(url, timeout, headers):
         raise ServeConfigError(
             f"the app is deployed but nothing answers at {url}: Ray Serve is probably "
             "already running on this cluster with other HTTP options (serving.host/port "
