@@ -133,7 +133,8 @@ class Stage:
         return [lang for lang in self.languages if lang.flores_code not in done]
 
     def is_done(self, step: str) -> bool:
-        return not self.missing(step)
+        m = self.manifest(step)
+        return bool(m and m.get("config_hash") == self.digest) and not self.missing(step)
 
     def read(self, step: str, root: str | None = None):
         """A step's rows for this batch's languages (by default a step of this stage)."""
@@ -190,10 +191,10 @@ class Stage:
         a Ray Dataset (engine requests, or a derived table written under the step's
         folder) or, for a step that writes its own outputs, the per-language stats for the
         manifest. The languages done earlier with this config are left as they are."""
-        todo = self.missing(step)
-        if not todo:
+        if self.is_done(step):
             self.log.info("%s/%s: done earlier, skipped", self.root, step)
             return {"skipped": True}
+        todo = self.missing(step)
         earlier = None
         if len(todo) < len(self.languages):  # the batch grew: the others are done
             earlier = (self.manifest(step) or {}).get("languages", {})

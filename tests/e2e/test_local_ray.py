@@ -6,8 +6,11 @@ other cluster is up)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,14 +29,18 @@ ray.shutdown()
 """
 
 
-def test_a_dead_heads_leftovers_do_not_stop_a_local_run(tmp_path):
-    temp = tmp_path / "tmp"
-    (temp / "ray").mkdir(parents=True)
+def test_a_dead_heads_leftovers_do_not_stop_a_local_run():
+    # a short folder: Ray's sockets live below it, and a socket path may not exceed 107 bytes
+    temp = Path(tempfile.mkdtemp(prefix="kakugo-", dir="/tmp"))
+    (temp / "ray").mkdir()
     # what `ray start --head` leaves behind once its processes are killed
     (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(TMPDIR=str(temp), RAY_TMPDIR=str(temp))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=240, check=False)
+    try:
+        proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=240, check=False)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CPUs 2.0" in proc.stdout  # a cluster of its own, with the CPUs it asked for
