@@ -51,7 +51,8 @@ def test_aws_nodes_run_the_image_with_an_s3_identity_and_detected_resources():
     # every node (and the job's client) shares the cluster's token
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
-    assert any(k.endswith("/.ray/auth_token") for k in config["file_mounts"])
+    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "cluster/auth_token"}
+    assert "cluster/auth_token" in (REPO / ".gitignore").read_text().split()  # never committed
 
 
 def test_a_config_missing_a_required_field_is_caught_by_the_schema():
