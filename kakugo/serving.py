@@ -243,8 +243,6 @@ def start(config: RunConfig, models: list[ServedModel]) -> str:
 
 def answering(url: str, timeout: float, headers: dict[str, str] | None = None) -> bool:
     """Whether an OpenAI-compatible server answers `GET {url}/models` within `timeout` s."""
-    import time
-
     import httpx
 
     deadline = time.monotonic() + timeout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import posixpath
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -173,7 +174,8 @@ def train_language(config: RunConfig, lang: Language, storage: Storage, *,
         # train is split evenly; every worker reads all of validation and scores its share
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name=f"train-{code}", storage_path=storage.path("train"),
+            name=posixpath.basename(layout.train_checkpoints(code)),
+            storage_path=storage.path(posixpath.dirname(layout.train_checkpoints(code))),
             storage_filesystem=storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),

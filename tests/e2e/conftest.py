@@ -16,9 +16,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import TINY_STUDENT, free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# The tiny random student as the teacher too, with short replies: the job's whole path in
+# minutes on 2 cores (the e2e tests add what each of them exercises).
+TINY_JOB = [*TINY_STUDENT, "teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
+            "filters.basic=annotate", "filters.min_rows_per_language=2",
+            "training.placement_strategy=STRICT_SPREAD", "training.max_steps=2",
+            # two steps however little the random teacher writes (its list replies vary:
+            # 2 to 10 packed training rows seen, and one step takes 2)
+            "training.epochs=2",
+            # short list items: a random model's list replies then always finish, so
+            # every context text yields a prompt (and a decontamination reject); short
+            # free-text replies (a random model's never finish anyway): decoding steps are
+            # most of an engine pass's time on 2 cores
+            "teacher.sampling.list_item_max_chars=60", "teacher.sampling.max_tokens=24",
+            "translation.max_tokens=24", "evaluation.backend=hf"]
 
 
 def ray_env(token: str) -> dict[str, str]:

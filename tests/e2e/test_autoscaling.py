@@ -26,20 +26,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_STUDENT, free_port
-from tests.e2e.conftest import RAY, jobs_api, ray_env
+from tests.conftest import REPO, free_port
+from tests.e2e.conftest import RAY, TINY_JOB, jobs_api, ray_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-OVERRIDES = [*TINY_STUDENT, "teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
-             "filters.basic=annotate", "filters.min_rows_per_language=2",
-             "teacher.sampling.list_item_max_chars=60", "teacher.sampling.max_tokens=24",
-             "translation.max_tokens=24",
+OVERRIDES = [*TINY_JOB, "training.num_workers=2",
              # the teacher's replicas follow the pending work: 1 to 2
              "teacher.engine.max_replicas=2",
-             "training.num_workers=2", "training.placement_strategy=STRICT_SPREAD",
-             "training.max_steps=2", "training.epochs=2",
-             "evaluation.backend=hf", 'evaluation.tasks=["sib200"]', "evaluation.limit=4"]
+             'evaluation.tasks=["sib200"]', "evaluation.limit=4"]
 IDLE_REMOVAL_S = 240  # idle_timeout_minutes 0.5, plus the autoscaler's update period
 
 

@@ -36,28 +36,16 @@ from kakugo.config import load_config
 from kakugo.dataset.stage import DatasetStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
-from tests.conftest import REPO, TINY_STUDENT
-from tests.e2e.conftest import RAY, jobs_api, ray_env
+from tests.conftest import REPO
+from tests.e2e.conftest import RAY, TINY_JOB, jobs_api, ray_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
-OVERRIDES = [*TINY_STUDENT, "teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
-             "filters.basic=annotate", "filters.min_rows_per_language=2",
-             "training.placement_strategy=STRICT_SPREAD", "training.max_steps=2",
-             "training.checkpoint_every_steps=2",
-             # two steps however little the random teacher writes (its list replies vary:
-             # 2 to 10 packed training rows seen, and one step takes 2)
-             "training.epochs=2",
-             # short list items: a random model's list replies then always finish, so
-             # every context text yields a prompt (and a decontamination reject); short
-             # free-text replies (a random model's never finish anyway): decoding steps are
-             # most of an engine pass's time on 2 cores
-             "teacher.sampling.list_item_max_chars=60", "teacher.sampling.max_tokens=24",
-             "translation.max_tokens=24",
+OVERRIDES = [*TINY_JOB, "training.checkpoint_every_steps=2",
              # evaluation in-process and short: the Serve path of evaluation is covered by
              # tests/integration/test_evaluate.py
-             "evaluation.backend=hf", 'evaluation.tasks=["sib200", "flores_en_xx"]',
-             "evaluation.limit=4", "evaluation.max_gen_tokens=16"]
+             'evaluation.tasks=["sib200", "flores_en_xx"]', "evaluation.limit=4",
+             "evaluation.max_gen_tokens=16"]
 STEPS = GenerationStage.steps
 LANGS = ("gla_Latn",)
 JOB_TIMEOUT_S = 1200
