@@ -279,14 +279,25 @@ def stop() -> None:
 TEACHER_APP = "kakugo-teacher"
 
 
+def processor_actors(engine: EngineConfig) -> int:
+    """Ray Data actors that feed the teacher. Each keeps one batch of `batch_size` requests
+    in flight and takes the next only when the whole batch is back, so one actor per
+    replica leaves the engine running fewer and fewer sequences as each batch drains (at
+    steady state 0.63 of the engine's own tokens/s, benchmarks/generation.py). Enough
+    actors for `max_num_seqs` requests per replica plus one batch waiting keep every
+    engine full; for the most replicas the teacher scales to."""
+    per_replica = -(-engine.max_num_seqs // engine.batch_size) + 1
+    return (engine.max_replicas or engine.replicas) * per_replica
+
+
 class Teacher:
     """The teacher as one Ray Serve LLM deployment, for all the engine passes of a stage.
 
     `with Teacher(config) as teacher:` deploys it and deletes it at the end. It keeps
     `teacher.engine.replicas` vLLM engines (each on its placement bundles; Serve restarts a
     replica that dies); with `teacher.engine.max_replicas` Serve adds replicas while
-    requests wait (`batch_size` in flight per replica: one Ray Data actor's batch) and
-    removes them as the work runs out. `replica_seconds()` counts the replicas held.
+    more than `max_num_seqs` requests per replica are in flight and removes them as the
+    work runs out. `replica_seconds()` counts the replicas held.
     """
 
     CLOCK_PERIOD_S = 2.0
@@ -327,12 +338,12 @@ class Teacher:
 
     def llm_config(self) -> dict[str, Any]:
         """The deployment's `LLMConfig` (as a dict): our engine settings, the GPU type asked
-        for, and Serve autoscaling between `replicas` and `max_replicas` with one Ray Data
-        batch of requests in flight per replica as the target."""
+        for, and Serve autoscaling between `replicas` and `max_replicas` with a full engine
+        (`max_num_seqs` requests in flight) per replica as the target."""
         t = self.config.teacher
         scaling = ModelServingConfig(min_replicas=t.engine.replicas,
                                      max_replicas=t.engine.max_replicas or t.engine.replicas,
-                                     target_ongoing_requests=t.engine.batch_size)
+                                     target_ongoing_requests=t.engine.max_num_seqs)
         model = ServedModel(t.name, t.model, "teacher", t.engine, scaling,
                             teacher_engine_kwargs(t),
                             accelerator_type=self.config.cluster.teacher_accelerator_type)
@@ -394,8 +405,7 @@ class Teacher:
         return ServeDeploymentProcessorConfig(
             deployment_name=self.deployment, app_name=TEACHER_APP,
             dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
-            # enough actors for the most replicas: each keeps one batch of requests in flight
-            batch_size=engine.batch_size, concurrency=engine.max_replicas or engine.replicas,
+            batch_size=engine.batch_size, concurrency=processor_actors(engine),
             should_continue_on_error=True, request_timeout_s=request_timeout_s)
 
     def wait_until_running(self, timeout_s: float = 1800) -> None:

@@ -59,12 +59,12 @@ def test_the_teachers_replicas_scale_with_the_pending_work():
 
     config = load_config("configs/tiny-cpu.yaml", [
         *TINY_STUDENT, "teacher.engine.replicas=2", "teacher.engine.max_replicas=6",
-        "teacher.engine.batch_size=32"])
+        "teacher.engine.batch_size=32", "teacher.engine.max_num_seqs=64"])
     teacher = Teacher(config)
     assert teacher.autoscaling
     scaling = LLMConfig(**teacher.llm_config()).deployment_config["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"],
-            scaling["target_ongoing_requests"]) == (2, 2, 6, 32)
+            scaling["target_ongoing_requests"]) == (2, 2, 6, 64)
     fixed = Teacher(load_config("configs/tiny-cpu.yaml", [*TINY_STUDENT,
                                                           "teacher.engine.replicas=2"]))
     assert not fixed.autoscaling
