@@ -34,25 +34,52 @@ def _scaling(d: dict) -> Panels:
 
 
 def _generation(d: dict) -> Panels:
-    return [("wall seconds", {"one batch pipeline": d["batch_wall_seconds"],
-                              "one pipeline per language": sum(
-                                  d["per_language_wall_seconds"].values())}),
-            ("respond pass tokens/s", {"pipeline": d["respond_pass"]["tokens_per_second"],
-                                       "direct vLLM": d["direct_engine"]["tokens_per_second"]})]
+    panels: Panels = []
+    if "batch_wall_seconds" in d:
+        panels += [("wall seconds", {"one batch pipeline": d["batch_wall_seconds"],
+                                     "one pipeline per language": sum(
+                                         d["per_language_wall_seconds"].values())}),
+                   ("respond pass tokens/s, start-up in",
+                    {"pipeline": d["respond_pass"]["tokens_per_second"],
+                     "direct vLLM": d["direct_engine"]["tokens_per_second"]})]
+    if "steady_state" in d:
+        steady = d["steady_state"]
+        panels.append((f"steady tokens/s, {steady['requests']} requests",
+                       {"pipeline": steady["pipeline"]["steady_tokens_per_second"],
+                        "direct vLLM": steady["direct_engine"]["steady_tokens_per_second"]}))
+    return panels
 
 
 def _training(d: dict) -> Panels:
-    return [("tokens/s", {"Ray Train + ZeRO-3": d["ray_train_tokens_per_second"],
-                          "bare loop": d["bare_loop_tokens_per_second"]}),
+    if "runs" not in d:  # one worker count (results before runs)
+        return [("tokens/s", {"Ray Train + ZeRO-3": d["ray_train_tokens_per_second"],
+                              "bare loop": d["bare_loop_tokens_per_second"]}),
+                ("packing efficiency", {"packed rows": d["packing_efficiency"]})]
+    return [("tokens/s", {"bare loop": d["bare_loop_tokens_per_second"],
+                          **{f"ours, {r['workers']} worker(s)": r["ray_train_tokens_per_second"]
+                             for r in d["runs"]}}),
             ("packing efficiency", {"packed rows": d["packing_efficiency"]})]
 
 
 def _serving(d: dict) -> Panels:
-    sides = {"Ray Serve": d["ray_serve"], "vLLM server": d["vllm_openai_server"]}
-    return [("requests/s", {k: v["requests_per_second"] for k, v in sides.items()}),
-            ("latency p50 (s)", {k: v["latency_p50_s"] for k, v in sides.items()}),
-            ("latency p99 (s)", {k: v["latency_p99_s"] for k, v in sides.items()}),
-            ("errors", {k: v["errors"] for k, v in sides.items()})]
+    sides = {"Serve": d["ray_serve"], "vLLM": d["vllm_openai_server"]}
+    if "levels" not in d["ray_serve"]:  # one concurrency (results before levels)
+        return [("requests/s", {k: v["requests_per_second"] for k, v in sides.items()}),
+                ("latency p99 (s)", {k: v["latency_p99_s"] for k, v in sides.items()})]
+    levels = list(d["ray_serve"]["levels"])
+    return [(title, {f"{k} {c}": v["levels"][c][key] for c in levels
+                     for k, v in sides.items()})
+            for title, key in (("requests/s at C clients", "requests_per_second"),
+                               ("latency p99 (s) at C clients", "latency_p99_s"))]
+
+
+def _scaling_paper(d: dict) -> Panels:
+    runs = {f"{r['languages']} lang.": r for r in d["runs"]}
+    return [("orchestration ms per request", {k: r["orchestration_ms_per_request"]
+                                              for k, r in runs.items()}),
+            ("driver peak RSS (MiB)", {k: r["driver_peak_rss_mib"] for k, r in runs.items()}),
+            ("teacher requests", {k: r["teacher_requests"] for k, r in runs.items()}),
+            ("files written", {k: r["files"] for k, r in runs.items()})]
 
 
 def _gpu_train(d: dict) -> Panels:
@@ -89,7 +116,7 @@ def _eval_fidelity(d: dict) -> Panels:
 
 
 PANELS: dict[str, Callable[[dict], Panels]] = {
-    "scaling": _scaling, "generation": _generation, "training": _training,
+    "scaling": _scaling, "scaling-paper": _scaling_paper, "generation": _generation, "training": _training,
     "serving": _serving, "gpu_train": _gpu_train, "language_id": _language_id,
     "eval_fidelity": _eval_fidelity, "zero3_overhead": _zero3_overhead}
 
