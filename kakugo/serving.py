@@ -282,10 +282,11 @@ TEACHER_APP = "kakugo-teacher"
 def processor_actors(engine: EngineConfig) -> int:
     """Ray Data actors that feed the teacher. Each keeps one batch of `batch_size` requests
     in flight and takes the next only when the whole batch is back, so one actor per
-    replica leaves the engine running fewer and fewer sequences as each batch drains (at
-    steady state 0.63 of the engine's own tokens/s, benchmarks/generation.py). Enough
-    actors for `max_num_seqs` requests per replica plus one batch waiting keep every
-    engine full; for the most replicas the teacher scales to."""
+    replica leaves the engine running fewer and fewer sequences as each batch drains
+    (0.65 of the engine's own tokens/s at steady state; 1.05 with these, measured side by
+    side by benchmarks/generation.py). Enough actors for `max_num_seqs` requests per
+    replica plus one batch waiting keep every engine full, for the most replicas the
+    teacher scales to."""
     per_replica = -(-engine.max_num_seqs // engine.batch_size) + 1
     return (engine.max_replicas or engine.replicas) * per_replica
 

@@ -72,6 +72,32 @@ def test_the_teachers_replicas_scale_with_the_pending_work():
         "max_replicas"] == 2
 
 
+@pytest.mark.parametrize(("batch_size", "max_num_seqs", "replicas"),
+                         [(8, 16, (1, None)), (256, 256, (8, 32)), (32, 100, (2, 2))])
+def test_ray_data_keeps_every_teacher_engine_full_and_one_batch_waiting(
+        batch_size, max_num_seqs, replicas):
+    from ray.data.llm import ServeDeploymentProcessorConfig
+
+    from kakugo.serving import Teacher
+
+    low, high = replicas
+    config = load_config("configs/tiny-cpu.yaml", [
+        *TINY_STUDENT, f"teacher.engine.batch_size={batch_size}",
+        f"teacher.engine.max_num_seqs={max_num_seqs}", f"teacher.engine.replicas={low}",
+        f"teacher.engine.max_replicas={'null' if high is None else high}"])
+    teacher = Teacher(config)
+    teacher.deployment = "LLMServer:teacher"  # as if deployed: the processor's config only
+    processor = teacher.processor_config()
+    assert isinstance(processor, ServeDeploymentProcessorConfig)
+    actors = processor.get_concurrency(autoscaling_enabled=False)["size"]
+    # each actor holds one batch in flight: enough for a full engine per replica the
+    # teacher may scale to, plus one batch waiting behind it, and not more
+    in_flight = actors * processor.batch_size
+    most = high or low
+    assert in_flight >= most * (max_num_seqs + batch_size)
+    assert in_flight < most * (max_num_seqs + 2 * batch_size)
+
+
 def test_the_training_workers_ask_for_the_gpu_type():
     from kakugo.train.trainer import scaling_config
 
