@@ -44,6 +44,11 @@ def step_folder(stage: str, step: str) -> str:
     return f"{stage}/{step}"
 
 
+def context_texts(code: str) -> str:
+    """A language's context texts as generation read them (the seeds step's input)."""
+    return f"{GENERATE}/inputs/contexts/language={code}/texts.parquet"
+
+
 def manifest(folder: str) -> str:
     """The manifest of a step folder or a training folder."""
     return f"{folder}/{MANIFEST}"

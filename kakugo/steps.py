@@ -46,50 +46,72 @@ def flat_map(dataset, fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
     return dataset.map_batches(batch, batch_format="pandas")
 
 
+STATS_BATCH_ROWS = 65_536
+
+
 def step_stats(storage: Storage, folder: str, codes: list[str] | tuple[str, ...] = ()
                ) -> tuple[dict[str, dict[str, Any]], str]:
     """Per-language counts of a step's rows, from a few small columns of its parquet files
-    read once: rows, categories, and for engine passes tokens (prompt, completion, and
-    of the completion the reasoning trace's), errors, unfinished and failed (never
-    answered) requests. Languages in `codes` are there even without rows.
-    Also the first failed request's error ("" if none)."""
-    import pandas as pd
+    read once, batch by batch (memory flat in the rows): rows, categories, and for engine
+    passes tokens (prompt, completion, and of the completion the reasoning trace's),
+    errors, unfinished and failed (never answered) requests. Languages in `codes` are
+    there even without rows. Also the first failed request's error ("" if none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    table = pd.DataFrame({"language": pd.Series(dtype=str)})
-    wanted: list[str] = []
-    if storage.list(folder, recursive=True):
-        dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
-                               partitioning="hive")
-        wanted = [c for c in ("category", "prompt_tokens", "completion_tokens",
-                              "reasoning_tokens", "error", "finish_reason")
-                  if c in dataset.schema.names]
-        table = dataset.to_table(columns=["language", *wanted]).to_pandas()
-    stats: dict[str, dict[str, Any]] = {}
-    for code in dict.fromkeys([*codes, *sorted(table["language"].unique())]):
-        group = table[table["language"] == code]
-        entry: dict[str, Any] = {"rows": len(group)}
-        if "category" in wanted:
-            entry["categories"] = {str(k): int(v) for k, v in
-                                   group["category"].value_counts().sort_index().items()}
-        if "prompt_tokens" in wanted:
-            entry.update(
-                prompt_tokens=int(group["prompt_tokens"].sum()),
-                completion_tokens=int(group["completion_tokens"].sum()),
-                # of the completion tokens, those of reasoning traces (absent in outputs
-                # written before they were counted)
-                reasoning_tokens=int(group["reasoning_tokens"].sum())
-                if "reasoning_tokens" in wanted else 0,
-                errors=int((group["error"] != "").sum()),
-                unfinished=int((group["finish_reason"] != "stop").sum()),
-                failed=int((group["finish_reason"] == FAILED).sum()),
-            )
-        stats[code] = entry
+    totals: dict[str, dict[str, Any]] = {code: {"rows": 0} for code in codes}
     first = ""
-    if "finish_reason" in wanted:
-        failed = table[table["finish_reason"] == FAILED]
-        first = str(failed["error"].iloc[0]) if len(failed) else ""
-    return stats, first
+    if not storage.list(folder, recursive=True):
+        return totals, first
+    dataset = pads.dataset(storage.path(folder), format="parquet", filesystem=storage.fs,
+                           partitioning="hive")
+    wanted = [c for c in ("category", "prompt_tokens", "completion_tokens",
+                          "reasoning_tokens", "error", "finish_reason")
+              if c in dataset.schema.names]
+    passes = "prompt_tokens" in wanted
+    for batch in dataset.to_batches(columns=["language", *wanted],
+                                    batch_size=STATS_BATCH_ROWS):
+        table = pa.Table.from_batches([batch]).cast(pa.schema([
+            pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type)
+            for f in batch.schema]))
+        sums = [("language", "count")]
+        if passes:
+            failed = pc.equal(table["finish_reason"], FAILED)
+            table = table.append_column("errors", pc.cast(pc.not_equal(table["error"], ""),
+                                                          pa.int64()))
+            table = table.append_column("unfinished", pc.cast(
+                pc.not_equal(table["finish_reason"], "stop"), pa.int64()))
+            table = table.append_column("failed", pc.cast(failed, pa.int64()))
+            if "reasoning_tokens" not in wanted:  # outputs written before they were counted
+                table = table.append_column("reasoning_tokens",
+                                            pa.array([0] * len(table), pa.int64()))
+            sums += [(c, "sum") for c in ("prompt_tokens", "completion_tokens",
+                                          "reasoning_tokens", "errors", "unfinished",
+                                          "failed")]
+            if not first and pc.any(failed).as_py():
+                first = str(table.filter(failed)["error"][0])
+        for row in table.group_by("language").aggregate(sums).to_pylist():
+            entry = totals.setdefault(row["language"], {"rows": 0})
+            entry["rows"] += row["language_count"]
+            for column, _ in sums[1:]:
+                key = column
+                entry[key] = entry.get(key, 0) + int(row[f"{column}_sum"])
+        if "category" in wanted:
+            for row in table.group_by(["language", "category"]).aggregate(
+                    [("category", "count")]).to_pylist():
+                categories = totals[row["language"]].setdefault("categories", {})
+                categories[row["category"]] = (categories.get(row["category"], 0)
+                                               + row["category_count"])
+    for entry in totals.values():
+        if "category" in wanted:
+            entry["categories"] = dict(sorted(entry.get("categories", {}).items()))
+        if passes:
+            for key in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "errors",
+                        "unfinished", "failed"):
+                entry.setdefault(key, 0)
+    order = [*codes, *sorted(set(totals) - set(codes))]
+    return {code: totals[code] for code in order}, first
 
 
 class Stage:
@@ -109,7 +131,6 @@ class Stage:
         self.log = logging.getLogger(f"kakugo.{self.root}")  # kakugo.generate, kakugo.dataset
         self._teacher_path: str | None = None
         self._teacher: Teacher | None = None
-        self._texts: dict[str, list[str]] = {}  # a stage's per-language inputs, read once
 
     def keep(self, languages: list[Language]) -> None:
         """Run the stage for these languages only (the others failed before it started)."""
@@ -255,5 +276,9 @@ class Stage:
         builders = {step: getattr(self, f"build_{step}") for step in self.steps}
         if all(self.is_done(step) for step in self.engine_steps):
             return {step: self._step(step, builders[step]) for step in self.steps}
-        with Teacher(self.config) as self._teacher:
+        with self.make_teacher() as self._teacher:
             return {step: self._step(step, builders[step]) for step in self.steps}
+
+    def make_teacher(self) -> Teacher:
+        """The teacher the engine steps send their requests to."""
+        return Teacher(self.config)

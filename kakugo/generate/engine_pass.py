@@ -17,6 +17,7 @@ and sends only the missing rows to the engines.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -83,6 +84,17 @@ class Preprocess:
                 "request_kwargs": request}
 
 
+@functools.cache
+def teacher_tokenizer(model: str):
+    """The teacher's tokenizer, loaded once per process (Ray Data reuses its workers for
+    the tasks of a pass; each task gets its own copy of Postprocess)."""
+    from transformers import AutoTokenizer
+
+    from kakugo.models import ModelSource
+
+    return AutoTokenizer.from_pretrained(ModelSource.parse(model).materialize())
+
+
 class Postprocess:
     """Chat response -> our columns: the answer, the reasoning trace (vLLM's `reasoning`
     field when the teacher's deployment has a reasoning parser, else split from the text
@@ -92,22 +104,12 @@ class Postprocess:
         self.mode = config.teacher.reasoning
         self.parsed = reasoning_parser(config.teacher) is not None
         self.teacher_model = config.teacher.model
-        self._tokenizer = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tokenizer": None}  # loaded again where it is needed
 
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            from kakugo.models import ModelSource
-
-            path = ModelSource.parse(self.teacher_model).materialize()
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+        return len(teacher_tokenizer(self.teacher_model)(text, add_special_tokens=False)
+                   .input_ids)
 
     def split(self, message: dict[str, Any], usage: dict[str, Any]) -> tuple[str, str, int]:
         """(reasoning, answer, reasoning tokens) of a reply."""
@@ -258,6 +260,22 @@ def output_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "__inference_error__"}
 
 
+def language_counts(dataset) -> dict[str, int]:
+    """Rows per language of a Ray Dataset, counted where the blocks are: the driver gets
+    a few rows per block, not the column (no shuffle either)."""
+    import pandas as pd
+
+    def count(block: pd.DataFrame) -> pd.DataFrame:
+        counts = block["language"].value_counts()
+        return pd.DataFrame({"language": counts.index.astype(str), "rows": counts.values})
+
+    totals: dict[str, int] = {}
+    for row in dataset.select_columns(["language"]).map_batches(
+            count, batch_format="pandas", batch_size=None).iter_rows():
+        totals[row["language"]] = totals.get(row["language"], 0) + int(row["rows"])
+    return totals
+
+
 def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
              folder: str, codes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Send the missing rows of `requests` (a Ray Dataset) to the teacher; write parquet.
@@ -281,8 +299,7 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
         todo = todo.materialize()
         if todo.count() == 0:
             break
-        totals = {str(k): int(v) for k, v in todo.select_columns(["language"]).to_pandas()[
-            "language"].value_counts().items()}
+        totals = language_counts(todo)
         sent = max(sent, sum(totals.values()))
         log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]%s", folder,
                  sum(totals.values()), len(skip),

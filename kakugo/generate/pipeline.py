@@ -19,6 +19,7 @@ step with the same config hash is skipped; an interrupted pass resumes by row id
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -62,16 +63,18 @@ class GenerationStage(Stage):
         return sources
 
     def read_inputs(self) -> dict[str, str]:
-        """Read each language's own inputs (its context texts) before any engine work, and
+        """Read each language's own inputs (its context texts) before any engine work, one
+        language at a time, into the output root (where the seeds step reads them back);
         leave out of the stage the languages whose inputs cannot be read: {code: error}.
         The shared inputs (the teacher, the English set) fail the whole stage instead."""
+        import pyarrow as pa
+
         ctx = self.config.generation.contexts
         data_dir = eval_data_dir(self.config.evaluation.data_dir)
         failed: dict[str, str] = {}
         for lang in self.missing("seeds"):  # the texts are read by the seeds step only
             try:
-                self._texts[lang.flores_code] = list(
-                    iter_texts(ctx.source, lang, data_dir, ctx.max_texts))
+                texts = list(iter_texts(ctx.source, lang, data_dir, ctx.max_texts))
             except StorageError:  # the output root or the source's store is down: not
                 raise             # this language's fault
             except Exception as exc:  # noqa: BLE001 - e.g. no FineWeb-2 config, no file
@@ -79,31 +82,41 @@ class GenerationStage(Stage):
                                             f"{type(exc).__name__}: {exc}")
                 log.error("generate: %s left out: %s", lang.flores_code,
                           failed[lang.flores_code])
+                continue
+            self.storage.write_parquet(layout.context_texts(lang.flores_code),
+                                       pa.table({"text": pa.array(texts, pa.string())}))
         self.keep([lang for lang in self.languages if lang.flores_code not in failed])
         return failed
 
     def build_seeds(self):
+        """Each language's seed requests, built by a Ray task of its own from its context
+        texts (read back from the output root) and the English set (one shared object):
+        the driver holds neither, whatever the number of languages."""
         import ray
-        from transformers import AutoTokenizer
 
-        ctx = self.config.generation.contexts
-        tokenizer = None
+        config, storage = self.config, self.storage
         sources = self.translation_sources()
-        parts = []
-        for lang in self.languages:
-            rows = rq.seed_requests(lang.flores_code, lang.name, self.config)
-            texts = self._texts[lang.flores_code]
+        shared = ray.put(sources)
+
+        def language_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
+            code, name = row["language"], row["language_name"]
+            texts = storage.read_parquet(layout.context_texts(code)).column("text").to_pylist()
+            rows = rq.seed_requests(code, name, config)
             if texts:
-                if tokenizer is None:
-                    student = ModelSource.parse(self.config.student.model).materialize()
-                    tokenizer = AutoTokenizer.from_pretrained(student)
-                texts = truncate_tokens(texts, tokenizer, ctx.max_text_tokens)
-                rows.extend(rq.context_requests(lang.flores_code, lang.name, texts, self.config))
-            rows.extend(translation_requests(lang.flores_code, lang.name, sources, self.config))
-            log.info("  seeds     %-14s %d requests (%d context texts, %d translations)",
-                     lang.flores_code, len(rows), len(texts), len(sources))
-            parts.append(ray.data.from_items(rows))
-        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+                tokenizer = student_tokenizer(config.student.model)
+                texts = truncate_tokens(texts, tokenizer, config.generation.contexts
+                                        .max_text_tokens)
+                rows.extend(rq.context_requests(code, name, texts, config))
+            rows.extend(translation_requests(code, name, ray.get(shared), config))
+            return rows
+
+        for lang in self.languages:
+            log.info("  seeds     %-14s context texts and %d translations", lang.flores_code,
+                     len(sources))
+        languages = [{"language": lang.flores_code, "language_name": lang.name}
+                     for lang in self.languages]
+        return flat_map(ray.data.from_items(languages, override_num_blocks=len(languages)),
+                        language_seeds, rq.REQUEST_COLUMNS)
 
     def build_expand(self):
         config = self.config
@@ -169,6 +182,14 @@ class GenerationStage(Stage):
         kept = self.read("prompts").filter(lambda row: not row["revise"])
         final = kept.union(self.read("revise").map(rq.revised_prompt))
         return final.map(rq.response_request)
+
+
+@functools.cache
+def student_tokenizer(model: str):
+    """The student's tokenizer (context texts are cut to its tokens), once per process."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ModelSource.parse(model).materialize())
 
 
 def generate(config: RunConfig, languages: list[Language], storage: Storage) -> dict:

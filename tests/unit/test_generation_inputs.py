@@ -1,6 +1,7 @@
 """A language whose own generation inputs cannot be read is left out of the batch, with
 the reason; the other languages go on (no engine is needed to see it)."""
 
+from kakugo import layout
 from kakugo.config import load_config
 from kakugo.generate.pipeline import GenerationStage, generate
 from kakugo.languages import resolve
@@ -21,7 +22,10 @@ def test_a_language_without_context_texts_is_left_out_of_generation(tmp_path, da
     assert failed["cym_Latn"].startswith("context texts (") and "does not exist" in \
         failed["cym_Latn"]
     assert stage.codes == ["gla_Latn"]
-    assert stage._texts["gla_Latn"] == ["Tha i fuar.", "Tha an t-uisge ann."]
+    # read once, one language at a time, into the output root: the seeds step reads them
+    assert storage.read_parquet(layout.context_texts("gla_Latn")).column("text").to_pylist() \
+        == ["Tha i fuar.", "Tha an t-uisge ann."]
     # when no language is left, the stage says why for each and starts no engine
     assert generate(config, [cy], storage) == {"failed": failed}
-    assert storage.list("generate") == []
+    assert not any(storage.list(layout.step_folder(layout.GENERATE, step))
+                   for step in layout.GENERATE_STEPS)

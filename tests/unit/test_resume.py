@@ -1,6 +1,7 @@
 """What a rerun of an interrupted engine pass takes as done."""
 
 import pyarrow as pa
+import pytest
 
 from kakugo.generate.engine_pass import done_ids
 from kakugo.storage import Storage
@@ -30,8 +31,13 @@ def test_rows_whose_request_failed_are_taken_out_to_be_sent_again(tmp_path):
     assert kept.column("id").to_pylist() == ["r1", "r3"]
 
 
-def test_step_stats_count_each_language_and_the_failed_requests_in_one_scan(tmp_path):
+@pytest.mark.parametrize("batch_rows", [65_536, 1])
+def test_step_stats_count_each_language_and_the_failed_requests_in_one_scan(
+        tmp_path, monkeypatch, batch_rows):
+    from kakugo import steps
     from kakugo.generate.engine_pass import step_stats
+
+    monkeypatch.setattr(steps, "STATS_BATCH_ROWS", batch_rows)  # one batch, or one per row
 
     storage = Storage(str(tmp_path))
     storage.write_parquet("pass/language=gla_Latn/a.parquet", pa.table({
