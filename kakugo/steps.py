@@ -32,9 +32,26 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+# The types of the columns that are not strings, in the tables the stages group by
+# language (prompts, items, candidates) and the requests they write.
+TYPED_COLUMNS = {"specific": "bool_", "revise": "bool_", "revised": "bool_", "n": "int64",
+                 "max_tokens": "int64", "prompt_tokens": "int64", "completion_tokens": "int64",
+                 "language_id_confidence": "float64"}
+UNTYPED_COLUMNS = ("meta", "items")  # nested values: no type without a value
+
+
 def frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
-    """Rows as a DataFrame that keeps its columns when empty (Ray shuffles need them)."""
-    return pd.DataFrame.from_records(rows, columns=list(columns))
+    """Rows as a DataFrame that keeps its columns when empty, with the types the other
+    blocks have: Ray's hash shuffle takes a map task's schema from its first block and
+    cannot concatenate null columns with typed ones (a batch of 8 languages of the
+    paper's recipe failed so at the prompts step)."""
+    df = pd.DataFrame.from_records(rows, columns=list(columns))
+    if df.empty:
+        import pyarrow as pa
+
+        df = df.astype({c: pd.ArrowDtype(getattr(pa, TYPED_COLUMNS.get(c, "large_string"))())
+                        for c in columns if c not in UNTYPED_COLUMNS})
+    return df
 
 
 def flat_map(dataset, fn: Callable[[dict[str, Any]], list[dict[str, Any]]],

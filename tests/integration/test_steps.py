@@ -58,3 +58,4 @@ def test_a_step_runs_only_for_the_languages_added_to_the_batch(ray_cluster, tmp_
     assert Rows.built == [["gla_Latn"], ["cym_Latn"]]
     Rows(load_config(None, ["seed=1"]), [gd, cy], storage).run()  # another config: all
     assert Rows.built[-1] == ["gla_Latn", "cym_Latn"]
+
