@@ -182,7 +182,7 @@ class LanguageIdentifier:
     def confidence(self, text: str, lang: Language) -> float:
         """Probability mass the model puts on `lang` (and its macrolanguage)."""
         accepted = _accepted(lang)
-        return sum(p for code, p in self.detect(text) if code in accepted)
+        return sum((p for code, p in self.detect(text) if code in accepted), 0.0)
 
     def verdict(self, texts: list[str], lang: Language,
                 min_confidence: float) -> tuple[str, float]:

@@ -68,6 +68,10 @@ def test_lid_judges_real_flores_sentences(lid, data_dir):
     english = (data_dir / "flores200" / "devtest" / "eng_Latn.devtest").read_text().splitlines()
     verdict, confidence = lid.verdict([english[0]], cy, 0.5)
     assert verdict == "wrong:eng" and confidence < 0.5
+    # no mass at all on the language is 0.0, a float like every other confidence: a block
+    # of such rows must have the column type of the others (Ray's shuffle concatenates them)
+    none = lid.verdict(["The weather is nice today and I am going out."], cy, 0.5)[1]
+    assert none == 0 and isinstance(none, float)
 
 
 def test_lid_passes_languages_it_cannot_judge_as_unknown(lid, data_dir):
