@@ -19,16 +19,23 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# in order: the stage benchmarks of the issues, then scaling (the longest)
-CPU = ("language_id", "eval_fidelity", "generation", "training", "zero3_overhead", "serving",
-       "scaling")
-GPU = ("gpu_train",)
-# the settings the recorded results were measured with (serving: issue 9's load test)
-ARGS = {
-    "generation": ["--set", "teacher.model=embedded:tiny-granite", "--set",
-                   "teacher.reasoning=none", "--set", "teacher.sampling.list_item_max_chars=60"],
-    "serving": ["--concurrency", "64", "--duration", "60"],
+TINY_TEACHER = ["--set", "teacher.model=embedded:tiny-granite", "--set", "teacher.reasoning=none",
+                "--set", "teacher.sampling.list_item_max_chars=60"]
+# name: (script, its arguments: the settings the recorded results were measured with),
+# in order: the stage benchmarks, then the paper-scale and scaling runs (the longest)
+CPU = {
+    "language_id": ("language_id", []),
+    "eval_fidelity": ("eval_fidelity", []),
+    "generation": ("generation", [*TINY_TEACHER, "--set", "teacher.engine.batch_size=32",
+                                  "--set", "teacher.engine.max_num_seqs=32"]),
+    "training": ("training", ["--workers", "1,2"]),
+    "zero3_overhead": ("zero3_overhead", []),
+    "serving": ("serving", ["--concurrency", "1,16,64", "--duration", "30"]),
+    "scaling-paper": ("scaling", ["--paper-scale", "--paper-sizes", "1,8,54",
+                                  "--fraction", "0.01"]),
+    "scaling": ("scaling", []),
 }
+GPU = {"gpu_train": ("gpu_train", [])}
 
 
 def main() -> int:
@@ -38,18 +45,20 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
+    known = {**CPU, **GPU}
     names = list(CPU) + (list(GPU) if torch.cuda.is_available() else [])
     if args.only:
         wanted = args.only.split(",")
-        unknown = sorted(set(wanted) - set(CPU + GPU))
+        unknown = sorted(set(wanted) - set(known))
         if unknown:
-            parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(CPU + GPU)}")
+            parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(known)}")
         names = [n for n in names if n in wanted]
     summary = {}
     for name in names:
         started = time.monotonic()
-        code = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *ARGS.get(name, [])], cwd=HERE.parent,
-                              check=False).returncode
+        script, script_args = known[name]
+        code = subprocess.run([sys.executable, str(HERE / f"{script}.py"), *script_args],
+                              cwd=HERE.parent, check=False).returncode
         result = HERE / "results" / f"{name}.json"
         summary[name] = {"exit_code": code, "wall_seconds": round(time.monotonic() - started, 1),
                          "result": str(result.relative_to(HERE.parent)) if result.exists()

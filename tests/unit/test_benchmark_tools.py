@@ -1,0 +1,64 @@
+"""The benchmarks' own parts that could be wrong without a benchmark run showing it: the
+stand-in teacher's replies (they must pass the pipeline's schema and checks as a real
+teacher's do) and the plots of the recorded results."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from kakugo.generate.translate import conversation_schema
+from kakugo.prompts import list_schema
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def chat_request(user: str, schema: dict | None):
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    return ChatCompletionRequest(
+        model="teacher", messages=[{"role": "system", "content": "s"},
+                                   {"role": "user", "content": user}],
+        max_tokens=64, structured_outputs={"json": json.dumps(schema)} if schema else None)
+
+
+def test_the_stand_in_teacher_answers_every_call_kind_as_its_schema_asks():
+    standin = load("standin_teacher")
+    schema = list_schema(7, 60)
+    items = json.loads(standin.reply_text(chat_request("Seven topics, please", schema)))
+    jsonschema.validate(items, schema)
+    assert len(set(items["items"])) == 7
+    other = json.loads(standin.reply_text(chat_request("Other topics", schema)))
+    assert not set(other["items"]) & set(items["items"])  # distinct across requests
+
+    turns = [{"role": "user", "content": "Hello there"},
+             {"role": "assistant", "content": "Hi, how can I help?"}]
+    user = "Translate this conversation:\n" + json.dumps({"turns": turns}, indent=1)
+    schema = conversation_schema(2)
+    reply = json.loads(standin.reply_text(chat_request(user, schema)))
+    jsonschema.validate(reply, schema)
+    assert reply["turns"] == turns  # the same lengths: the length-ratio check passes
+
+    assert standin.reply_text(chat_request("Cò ris a tha thu?", None))
+
+
+@pytest.mark.parametrize("result", sorted(p.name for p in (BENCHMARKS / "results").glob(
+    "*.json") if json.loads(p.read_text()).get("benchmark") in (
+        "generation", "training", "serving", "scaling", "scaling-paper")))
+def test_every_recorded_result_is_drawn(result, tmp_path):
+    plots = load("plots")
+    copy = tmp_path / result
+    copy.write_text((BENCHMARKS / "results" / result).read_text())
+    out = plots.plot(copy)
+    assert out is not None and out.stat().st_size > 0
