@@ -1,13 +1,14 @@
 """Serving benchmark: prints JSON and writes benchmarks/results/serving.json.
 
 The same closed-loop load (C concurrent clients, each sending chat requests back to back,
-for D seconds) against
+for D seconds, at each C of --concurrency) against
   (a) our Ray Serve app (`kakugo serve`: Ray's OpenAI ingress + KakugoIngress + vLLM), and
   (b) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`),
-one after the other on the same model and engine settings. Reports requests/s, output
-tokens/s, p50/p99 latency, errors, and the throughput ratio (a)/(b).
+one after the other on the same model and engine settings (max_num_seqs: the largest C).
+Reports per C requests/s, output tokens/s, p50/p99 latency, errors, and (a)/(b): the
+requests/s ratio and the p99 ratio.
 
-    python benchmarks/serving.py --config configs/tiny-cpu.yaml --concurrency 64 --duration 60
+    python benchmarks/serving.py --config configs/tiny-cpu.yaml --concurrency 1,16,64 --duration 30
 """
 
 from __future__ import annotations
@@ -95,9 +96,12 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
 def under_load(url: str, model: str, args, startup_seconds: float,
                key: str | None = None) -> dict:
     headers = {"authorization": f"Bearer {key}"} if key else None
-    result = asyncio.run(closed_loop(url, model, args.concurrency, args.duration,
-                                     args.max_tokens, headers))
-    out = {"startup_seconds": round(startup_seconds, 1), "api_key": bool(key), **result}
+    asyncio.run(closed_loop(url, model, 2, 5, args.max_tokens, headers))  # warm-up
+    out: dict = {"startup_seconds": round(startup_seconds, 1), "api_key": bool(key),
+                 "levels": {}}
+    for level in args.levels:
+        out["levels"][str(level)] = asyncio.run(closed_loop(
+            url, model, level, args.duration, args.max_tokens, headers))
     if args.flood:  # good clients beside as many sending oversize and malformed bodies
         out["under_flood"] = asyncio.run(closed_loop(
             url, model, args.flood, args.duration / 2, args.max_tokens, headers,
@@ -139,8 +143,11 @@ def bench_vllm(config, model, args) -> dict:
            "--model", ModelSource.parse(model.source).materialize(),
            "--served-model-name", model.name, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", kwargs["dtype"], "--max-model-len", str(kwargs["max_model_len"]),
-           "--max-num-seqs", str(kwargs["max_num_seqs"]),
-           "--distributed-executor-backend", kwargs.get("distributed_executor_backend", "mp")]
+           "--max-num-seqs", str(kwargs["max_num_seqs"])]
+    if model.engine.accelerator == "cpu":
+        # the executor Ray Serve LLM gives the app's engine on CPU ("mp", whatever is
+        # asked; it binds the engine's threads to its cores), so both run the same engine
+        cmd += ["--distributed-executor-backend", "mp"]
     if kwargs["enforce_eager"]:
         cmd.append("--enforce-eager")
     env = {**os.environ, **engine_env(model.engine)}
@@ -166,7 +173,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--model", default=None,
                         help="model spec to serve (default: the config's student)")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", default="1,16,64",
+                        help="comma-separated numbers of concurrent clients")
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--only", choices=["serve", "vllm"], default=None)
@@ -177,22 +185,31 @@ def main() -> None:
                         "bodies, for half the duration")
     parser.add_argument("--output", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
+    args.levels = [int(c) for c in args.concurrency.split(",")]
     config = load_config(args.config, args.overrides)
-    engine = config.serving.engine.model_copy(update={"max_num_seqs": args.concurrency})
+    engine = config.serving.engine.model_copy(update={"max_num_seqs": max(args.levels)})
     model = ServedModel(config.student.name, args.model or config.student.model, "student",
                         engine, config.serving.students)
     out: dict = {"benchmark": "serving", "machine": f"{platform.machine()} CPU x{os.cpu_count()}",
-                 "model": model.source, "concurrency": args.concurrency,
+                 "date": time.strftime("%Y-%m-%d"),
+                 "model": model.source, "concurrency": args.levels,
                  "duration_s": args.duration, "max_tokens": args.max_tokens}
     if args.only in (None, "serve"):
         out["ray_serve"] = bench_serve(config, model, args)
     if args.only in (None, "vllm"):
         out["vllm_openai_server"] = bench_vllm(config, model, args)
     if "ray_serve" in out and "vllm_openai_server" in out:
-        a, b = out["ray_serve"], out["vllm_openai_server"]
-        out["throughput_ratio_serve_over_vllm"] = round(
-            a["requests_per_second"] / b["requests_per_second"], 3) \
-            if b["requests_per_second"] else None
+        ratios = {}
+        for level in map(str, args.levels):
+            a = out["ray_serve"]["levels"][level]
+            b = out["vllm_openai_server"]["levels"][level]
+            ratios[level] = {
+                "requests_per_second": round(a["requests_per_second"]
+                                             / b["requests_per_second"], 3)
+                if b["requests_per_second"] else None,
+                "p99_latency": round(a["latency_p99_s"] / b["latency_p99_s"], 3)
+                if a["latency_p99_s"] and b["latency_p99_s"] else None}
+        out["serve_over_vllm"] = ratios
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -5,7 +5,10 @@ PyTorch AdamW, same model, same packed rows, same micro-batch), and the packing
 efficiency of the data. On CPU this measures framework overhead on the tiny student;
 benchmarks/gpu_train.py is the GPU counterpart on a Granite-4.0-Micro-sized model.
 
-    KAKUGO_DATA_DIR=../shared/data python benchmarks/training.py [--workers 1]
+Ours runs on each number of workers of --workers (the same rows, data parallel), against
+the bare loop measured once in the same run.
+
+    KAKUGO_DATA_DIR=../shared/data python benchmarks/training.py [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -71,46 +74,53 @@ def main() -> None:
     from kakugo.train.trainer import prepare_data, train_language
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--cutoff", type=int, default=512)
     args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        storage = Storage(tmp)
-        storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
-                              pa.Table.from_pylist(synthetic_rows(args.rows)))
-        config = load_config("configs/tiny-cpu.yaml", [
-            f"output={tmp}", f"training.num_workers={args.workers}",
-            f"training.cutoff_len={args.cutoff}", "training.report_every_steps=5",
-            "training.checkpoint_every_steps=100000", "training.validation_fraction=0",
-            f"training.cpus_per_worker={min(2, 2 / args.workers)}"])
         lang = resolve("gd")
-        student = ModelSource.parse(config.student.model).materialize()
-        train_rows = prepare_data(config, lang, storage, student).train.take_all()
-        bare = bare_loop(student, train_rows, config)
-        manifest = train_language(config, lang, storage)
+        bare = None
+        for workers in counts:
+            config = load_config("configs/tiny-cpu.yaml", [
+                f"output={tmp}/out-{workers}", f"training.num_workers={workers}",
+                f"training.cutoff_len={args.cutoff}", "training.report_every_steps=5",
+                "training.checkpoint_every_steps=100000", "training.validation_fraction=0",
+                f"training.cpus_per_worker={2 / workers}"])
+            run_storage = Storage(f"{tmp}/out-{workers}")
+            run_storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
+                                      pa.Table.from_pylist(synthetic_rows(args.rows)))
+            if bare is None:
+                student = ModelSource.parse(config.student.model).materialize()
+                train_rows = prepare_data(config, lang, run_storage, student).train.take_all()
+                bare = bare_loop(student, train_rows, config)
+            manifest = train_language(config, lang, run_storage)
+            windows = [m["tokens_per_second"] for m in manifest["history"]
+                       if m.get("tokens_per_second")][1:]  # the first window: start-up
+            ours = sum(windows) / len(windows)
+            runs.append({"workers": workers, "packed_rows": manifest["train_rows"],
+                         "packing_efficiency": manifest["packing_efficiency"],
+                         "ray_train_tokens_per_second": round(ours, 1),
+                         "ratio": round(ours / bare["tokens_per_second"], 3),
+                         "wall_seconds": manifest["wall_seconds"]})
+            print(json.dumps(runs[-1]), flush=True)
     ray.shutdown()
-    windows = [m["tokens_per_second"] for m in manifest["history"]
-               if m.get("tokens_per_second")][1:]  # the first window holds start-up
-    ours = sum(windows) / len(windows)
     result = {
         "benchmark": "training",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+        "date": time.strftime("%Y-%m-%d"),
         "model": config.student.model,
-        "workers": args.workers,
         "zero_stage": config.training.zero_stage,
         "cutoff_len": args.cutoff,
-        "packed_rows": manifest["train_rows"],
-        "packing_efficiency": manifest["packing_efficiency"],
-        "ray_train_tokens_per_second": round(ours, 1),
         "bare_loop_tokens_per_second": bare["tokens_per_second"],
-        "ratio": round(ours / bare["tokens_per_second"], 3),
-        "wall_seconds": manifest["wall_seconds"],
+        "packing_efficiency": runs[0]["packing_efficiency"],
+        "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    name = "training.json" if args.workers == 1 else f"training-{args.workers}workers.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
