@@ -9,6 +9,7 @@ The embedded defaults need no download at run time and are built once into the c
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -215,3 +216,12 @@ def build_embedded(name: str) -> Path:
     if name not in EMBEDDED:
         raise ModelError(f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED)}")
     return _atomic_build(name, EMBEDDED[name])
+
+
+@functools.cache
+def model_tokenizer(spec: str):
+    """The tokenizer of a model spec, loaded once per process (Ray Data reuses its workers
+    for the tasks of a step, and each task gets its own copy of the step's functions)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ModelSource.parse(spec).materialize())

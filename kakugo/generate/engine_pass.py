@@ -17,7 +17,6 @@ and sends only the missing rows to the engines.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -28,6 +27,7 @@ from kakugo.config import RunConfig, SamplingConfig
 from kakugo.errors import TeacherPassError
 from kakugo.generate.reasoning import split_think_tags
 from kakugo.generate.requests import REQUEST_COLUMNS
+from kakugo.models import model_tokenizer
 from kakugo.prompts import list_schema
 from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.steps import FAILED, step_stats
@@ -84,17 +84,6 @@ class Preprocess:
                 "request_kwargs": request}
 
 
-@functools.cache
-def teacher_tokenizer(model: str):
-    """The teacher's tokenizer, loaded once per process (Ray Data reuses its workers for
-    the tasks of a pass; each task gets its own copy of Postprocess)."""
-    from transformers import AutoTokenizer
-
-    from kakugo.models import ModelSource
-
-    return AutoTokenizer.from_pretrained(ModelSource.parse(model).materialize())
-
-
 class Postprocess:
     """Chat response -> our columns: the answer, the reasoning trace (vLLM's `reasoning`
     field when the teacher's deployment has a reasoning parser, else split from the text
@@ -108,7 +97,7 @@ class Postprocess:
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
-        return len(teacher_tokenizer(self.teacher_model)(text, add_special_tokens=False)
+        return len(model_tokenizer(self.teacher_model)(text, add_special_tokens=False)
                    .input_ids)
 
     def split(self, message: dict[str, Any], usage: dict[str, Any]) -> tuple[str, str, int]:

@@ -19,7 +19,6 @@ step with the same config hash is skipped; an interrupted pass resumes by row id
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -32,7 +31,7 @@ from kakugo.generate.contexts import iter_texts, truncate_tokens
 from kakugo.generate.engine_pass import run_pass
 from kakugo.generate.translate import load_source, translation_requests
 from kakugo.languages import Language, eval_data_dir
-from kakugo.models import ModelSource
+from kakugo.models import model_tokenizer
 from kakugo.steps import Stage, flat_map, frame
 from kakugo.storage import Storage, StorageError
 
@@ -103,7 +102,7 @@ class GenerationStage(Stage):
             texts = storage.read_parquet(layout.context_texts(code)).column("text").to_pylist()
             rows = rq.seed_requests(code, name, config)
             if texts:
-                tokenizer = student_tokenizer(config.student.model)
+                tokenizer = model_tokenizer(config.student.model)
                 texts = truncate_tokens(texts, tokenizer, config.generation.contexts
                                         .max_text_tokens)
                 rows.extend(rq.context_requests(code, name, texts, config))
@@ -182,14 +181,6 @@ class GenerationStage(Stage):
         kept = self.read("prompts").filter(lambda row: not row["revise"])
         final = kept.union(self.read("revise").map(rq.revised_prompt))
         return final.map(rq.response_request)
-
-
-@functools.cache
-def student_tokenizer(model: str):
-    """The student's tokenizer (context texts are cut to its tokens), once per process."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ModelSource.parse(model).materialize())
 
 
 def generate(config: RunConfig, languages: list[Language], storage: Storage) -> dict:
