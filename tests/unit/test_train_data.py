@@ -63,6 +63,23 @@ def test_packing_restarts_positions_and_reports_efficiency():
     assert packing_efficiency(6, 1, 10) == 0.6
 
 
+def test_packing_fills_rows_that_first_fit_decreasing_leaves_short():
+    """5+3+2 and 4+3+3 fill two rows of 10; first-fit decreasing puts 5 and 4 together
+    and needs a third row. Every sample is packed once, in its own order of tokens."""
+    lengths = (5, 4, 3, 3, 3, 2)
+    samples = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate(lengths)]
+    rows = list(pack(samples, 10))
+    assert [len(r["input_ids"]) for r in rows] == [10, 10]
+    packed = sorted(tuple(r["input_ids"][p:p + n]) for r in rows
+                    for p, n in _sample_spans(r["position_ids"]))
+    assert packed == sorted(tuple(s["input_ids"]) for s in samples)
+
+
+def _sample_spans(position_ids: list[int]) -> list[tuple[int, int]]:
+    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
+    return [(a, b - a) for a, b in zip(starts, starts[1:])]
+
+
 def test_packed_and_unpacked_losses_are_equal(student):
     """No attention or position leakage: the summed token loss of samples packed into one
     row equals the sum over the samples run one by one."""
