@@ -17,6 +17,7 @@ and sends only the missing rows to the engines.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -144,15 +145,17 @@ def teacher_template_kwargs(config: RunConfig) -> dict[str, Any] | None:
     return {"reasoning_effort": effort} if effort else None
 
 
-def done_ids(storage: Storage, folder: str) -> set[str]:
-    """Ids already written by earlier (possibly interrupted) runs of this pass. A file cut
-    short by the interruption (unreadable) is deleted, and rows whose request failed are
-    taken out of their file: those rows are sent again."""
+def written_ids(storage: Storage, folder: str):
+    """Ids already written by earlier (possibly interrupted) runs of this pass, as one
+    Arrow string array (a resumed pass of millions of rows holds them compactly, in the
+    object store, not as Python strings in the driver). A file cut short by the
+    interruption (unreadable) is deleted, and rows whose request failed are taken out of
+    their file: those rows are sent again."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    ids: set[str] = set()
+    chunks = []
     for name in storage.list(folder, recursive=True):
         if not name.endswith(".parquet"):
             continue
@@ -171,8 +174,37 @@ def done_ids(storage: Storage, folder: str) -> set[str]:
                 whole = pq.read_table(storage.path(name), filesystem=storage.fs)
                 table = whole.filter(pc.invert(failed))
                 storage.write_parquet(name, table)
-        ids.update(table.column("id").to_pylist())
-    return ids
+        chunks.extend(table.column("id").cast(pa.string()).chunks)
+    return pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+
+
+def _written_ids_task(storage: Storage, folder: str):
+    ids = written_ids(storage, folder)
+    return ids, len(ids)
+
+
+@functools.lru_cache(maxsize=4)
+def _resolved(ref):
+    import ray
+
+    return ray.get(ref)
+
+
+def not_written(ids_ref):
+    """A Ray Data batch filter (on blocks as they are: Arrow tables or pandas frames)
+    dropping the rows whose id is among the written ids in `ids_ref` (fetched once per
+    worker process)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def keep(batch):
+        ids = _resolved(ids_ref)
+        if isinstance(batch, pa.Table):
+            return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=ids)))
+        written = pc.is_in(pa.array(batch["id"], type=pa.string()), value_set=ids)
+        return batch[~written.to_numpy(zero_copy_only=False)]
+
+    return keep
 
 
 class PassProgress:
@@ -274,16 +306,26 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
     the teacher is running again, by one that sends only the rows still missing, up to
     `teacher.pass_attempts`. Too many failed requests fail the stage with a TeacherPassError.
     """
+    import ray
     from ray.data.llm import build_processor
 
     started, held = time.monotonic(), teacher.replica_seconds()
     attempts = config.teacher.pass_attempts
-    skip = done_ids(storage, folder)
-    skipped, sent, attempt = len(skip), 0, 0
+    # the written ids are read in a task on the driver's node (which sees the output root
+    # as the driver does) and stay in the object store: a resumed pass of millions of rows
+    # keeps no id set in the driver
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    read_written = ray.remote(_written_ids_task).options(
+        num_returns=2, num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False))
+    skipped = sent = attempt = 0
     for attempt in range(1, attempts + 1):
-        if attempt > 1:
-            skip = done_ids(storage, folder)
-        todo = requests.filter(lambda row, skip=skip: row["id"] not in skip) if skip else requests
+        ids_ref, count_ref = read_written.remote(storage, folder)
+        written = ray.get(count_ref)
+        skipped = skipped if attempt > 1 else written
+        todo = requests.map_batches(not_written(ids_ref), batch_format=None,
+                                    batch_size=None) if written else requests
         # the requests of an attempt are computed once (spilled to disk if large) and counted
         todo = todo.materialize()
         if todo.count() == 0:
@@ -291,7 +333,7 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
         totals = language_counts(todo)
         sent = max(sent, sum(totals.values()))
         log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]%s", folder,
-                 sum(totals.values()), len(skip),
+                 sum(totals.values()), written,
                  ", ".join(f"{c} {n}" for c, n in sorted(totals.items())),
                  f", attempt {attempt} of {attempts}" if attempt > 1 else "")
         processor = build_processor(

@@ -33,7 +33,7 @@ log = logging.getLogger("kakugo.train")
 
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "samples", "split", "tokens")
 TRAIN, VALIDATION = "train", "validation"
-# How many tokenized samples are packed together (first-fit-decreasing within a window).
+# How many tokenized samples are packed together (kakugo.train.data.pack, within a window).
 PACK_WINDOW = 2048
 CONFIG_SECTIONS = ("teacher", "student", "generation", "translation", "filters", "dataset",
                    "training", "seed")

@@ -15,7 +15,7 @@ import pytest
 
 from kakugo.accelerators import serve_replica_nodes
 from kakugo.config import load_config
-from kakugo.generate.engine_pass import TeacherPassError, done_ids, run_pass
+from kakugo.generate.engine_pass import TeacherPassError, run_pass, written_ids
 from kakugo.generate.requests import seed_requests
 from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
@@ -42,7 +42,7 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         # run again: every row is written, nothing is sent
         again = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
         assert again["skipped_existing"] == len(rows) and again["sent"] == 0
-        assert done_ids(storage, "pass") == {r["id"] for r in rows}
+        assert sorted(written_ids(storage, "pass").to_pylist()) == sorted(r["id"] for r in rows)
         # what the ledger prices the pass at: the node of the teacher's replica, found by
         # the name Serve gives its placement group, and the replica-seconds it held
         assert serve_replica_nodes(TEACHER_APP) == [ray.get_runtime_context().get_node_id()]

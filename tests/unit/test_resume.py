@@ -3,11 +3,12 @@
 import pyarrow as pa
 import pytest
 
-from kakugo.generate.engine_pass import done_ids
+from kakugo.generate import engine_pass
+from kakugo.generate.engine_pass import not_written, written_ids
 from kakugo.storage import Storage
 
 
-def test_done_ids_reads_finished_files_and_drops_one_cut_short(tmp_path):
+def test_written_ids_reads_finished_files_and_drops_one_cut_short(tmp_path):
     storage = Storage(str(tmp_path))
     storage.write_parquet("generate/respond/language=gla_Latn/a.parquet",
                           pa.table({"id": ["r1", "r2"], "text": ["x", "y"]}))
@@ -15,7 +16,7 @@ def test_done_ids_reads_finished_files_and_drops_one_cut_short(tmp_path):
                           pa.table({"id": ["r3"], "text": ["z"]}))
     whole = (tmp_path / "generate/respond/language=gla_Latn/b.parquet").read_bytes()
     (tmp_path / "generate/respond/language=gla_Latn/b.parquet").write_bytes(whole[:40])
-    assert done_ids(storage, "generate/respond") == {"r1", "r2"}
+    assert written_ids(storage, "generate/respond").to_pylist() == ["r1", "r2"]
     assert storage.list("generate/respond", recursive=True) == [
         "generate/respond/language=gla_Latn/a.parquet"]
 
@@ -26,9 +27,19 @@ def test_rows_whose_request_failed_are_taken_out_to_be_sent_again(tmp_path):
         "id": ["r1", "r2", "r3"], "finish_reason": ["stop", "failed", "error"],
         "error": ["", "teacher request failed: TimeoutError", "prompt too long"]}))
     # r2 got no answer: sent again; r3 was refused by the engine: an answer, kept
-    assert done_ids(storage, "pass") == {"r1", "r3"}
+    assert written_ids(storage, "pass").to_pylist() == ["r1", "r3"]
     kept = storage.read_parquet("pass/language=gla_Latn/a.parquet")
     assert kept.column("id").to_pylist() == ["r1", "r3"]
+
+
+def test_written_rows_are_dropped_from_arrow_and_pandas_blocks(monkeypatch):
+    """Ray Data hands the filter its blocks as they are: Arrow tables or pandas frames."""
+    monkeypatch.setattr(engine_pass, "_resolved", lambda ref: ref)  # no object store here
+    keep = not_written(pa.array(["r2", "r9"]))
+    table = pa.table({"id": ["r1", "r2", "r3"], "n": [1, 2, 3]})
+    assert keep(table).column("n").to_pylist() == [1, 3]
+    assert keep(table.to_pandas())["n"].tolist() == [1, 3]
+    assert keep(table.slice(0, 0)).schema == table.schema  # an empty block keeps its types
 
 
 @pytest.mark.parametrize("batch_rows", [65_536, 1])
