@@ -1,7 +1,8 @@
 """The fine-tuning recipe every Ray Train worker runs: DeepSpeed ZeRO-3 full fine-tuning of
 the student on one language's packed rows, as setup / train / save.
 
-setup: the process group (Ray Train has made it; DeepSpeed joins it), then
+setup: the process group (Ray Train has made it; DeepSpeed joins it), on CPU the
+  OpenMP teams kept to the training thread (kakugo.train.threads), then
   `HfDeepSpeedConfig` so that `from_pretrained` partitions the weights across ranks as they
   load (ZeRO-3), then the engine (kakugo.train.engine) with torch AdamW and a warmup +
   cosine/linear/constant schedule; a restarted worker group resumes from
@@ -37,6 +38,7 @@ from kakugo.train.engine import (
     initialize_engine,
     lr_lambda,
 )
+from kakugo.train.threads import keep_openmp_teams_to_this_thread
 
 CHECKPOINT_TAG = "step"
 
@@ -111,6 +113,8 @@ class FineTuneRecipe:
             else torch.device("cpu")
         if t.use_gpu:
             torch.cuda.set_device(self.device)
+        else:  # gloo's threads must not start OpenMP teams of their own
+            keep_openmp_teams_to_this_thread()
 
         ds_config = deepspeed_config(t.model_dump(mode="json"), t.use_gpu)
         self.dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
