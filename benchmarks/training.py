@@ -16,6 +16,7 @@ loop's tokens/s drifts by 10% and more from one minute to the next.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -101,18 +102,14 @@ def main() -> None:
             run_storage = Storage(f"{tmp}/out-{workers}")
             run_storage.write_parquet("gla_Latn/dataset/data/part-0.parquet",
                                       pa.Table.from_pylist(synthetic_rows(args.rows)))
-            if measure_bare is None:
+            if measure_bare is None:  # on the first run's rows, before and after each
                 student = ModelSource.parse(config.student.model).materialize()
                 train_rows = prepare_data(config, lang, run_storage, student).train.take_all()
-                bare_config = config
-
-                def measure_bare() -> float:
-                    rows = train_rows[:args.bare_rows]
-                    return bare_loop(student, rows, bare_config)["tokens_per_second"]
-
-                bare.append(measure_bare())
+                measure_bare = functools.partial(bare_loop, student,
+                                                 train_rows[:args.bare_rows], config)
+                bare.append(measure_bare()["tokens_per_second"])
             manifest = train_language(config, lang, run_storage)
-            bare.append(measure_bare())
+            bare.append(measure_bare()["tokens_per_second"])
             windows = [m["tokens_per_second"] for m in manifest["history"]
                        if m.get("tokens_per_second")][1:]  # the first window: start-up
             ours = sum(windows) / len(windows)

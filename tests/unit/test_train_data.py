@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -77,7 +79,7 @@ def test_packing_fills_rows_that_first_fit_decreasing_leaves_short():
 
 def _sample_spans(position_ids: list[int]) -> list[tuple[int, int]]:
     starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
-    return [(a, b - a) for a, b in zip(starts, starts[1:])]
+    return [(a, b - a) for a, b in itertools.pairwise(starts)]
 
 
 def test_packed_and_unpacked_losses_are_equal(student):
