@@ -11,7 +11,7 @@ before it sleeps on a futex: the training thread's team is put to sleep and woke
 between nearly every two ops. Measured with one worker on 2 CPUs (benchmarks/training.py,
 docs/benchmarks.md): ~650 futex sleeps a second for the team's thread, the two threads
 busy 0.64 and 0.79 of the time, 0.77-0.81 of a bare loop's tokens/s; with the teams kept
-to the training thread, ~7 sleeps a second, both threads busy 0.88, 1.02.
+to the training thread, ~7 sleeps a second, both threads busy 0.88, 1.00.
 """
 
 from __future__ import annotations
