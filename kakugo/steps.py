@@ -175,11 +175,16 @@ class Stage:
         return bool(m and m.get("config_hash") == self.digest) and not self.missing(step)
 
     def read(self, step: str, root: str | None = None):
-        """A step's rows for this batch's languages (by default a step of this stage)."""
+        """A step's rows for this batch's languages (by default a step of this stage).
+
+        The languages are chosen with an expression, not a Python predicate: Ray Data
+        then reads only their `language=` folders (a row function reads every row of
+        the step and calls Python once per row)."""
+        from ray.data.expressions import col
+
         folder = f"{root}/{step}" if root else self.folder(step)
-        ds = self.storage.ray_dataset(folder)
-        codes = set(self.codes)
-        return ds.filter(lambda row: row["language"] in codes)
+        return self.storage.ray_dataset(folder).filter(
+            expr=col("language").is_in(sorted(self.codes)))
 
     def teacher_path(self) -> str:
         if self._teacher_path is None:

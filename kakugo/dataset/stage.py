@@ -232,13 +232,14 @@ class DatasetStage(Stage):
 
     def build_candidates(self):
         import ray
+        from ray.data.expressions import col
 
         for lang in self.languages:
             self.decontamination_sources(lang)
 
         responses = self.read("respond", root="generate").map(response_candidate)
         translated = self.read("seeds", root="generate").filter(
-            lambda row: row["step"] == "translate").map_batches(
+            expr=col("step") == "translate").map_batches(
             TranslationCheck, fn_constructor_args=(self.config, self.teacher_path()),
             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
         judged = responses.union(translated).map_batches(

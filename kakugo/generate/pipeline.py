@@ -175,10 +175,14 @@ class GenerationStage(Stage):
         return groups.map_groups(mark, batch_format="pandas")
 
     def build_revise(self):
-        return self.read("prompts").filter(lambda row: row["revise"]).map(rq.revise_request)
+        from ray.data.expressions import col
+
+        return self.read("prompts").filter(expr=col("revise")).map(rq.revise_request)
 
     def build_respond(self):
-        kept = self.read("prompts").filter(lambda row: not row["revise"])
+        from ray.data.expressions import col
+
+        kept = self.read("prompts").filter(expr=~col("revise"))
         final = kept.union(self.read("revise").map(rq.revised_prompt))
         return final.map(rq.response_request)
 

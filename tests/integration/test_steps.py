@@ -59,3 +59,17 @@ def test_a_step_runs_only_for_the_languages_added_to_the_batch(ray_cluster, tmp_
     Rows(load_config(None, ["seed=1"]), [gd, cy], storage).run()  # another config: all
     assert Rows.built[-1] == ["gla_Latn", "cym_Latn"]
 
+
+
+def test_a_stage_reads_only_its_own_languages_files(ray_cluster, tmp_path, data_dir):
+    """Batches that share an output root share its step folders: a batch reads its own
+    languages' folders and no other file, so another batch's file half written (here one
+    that is not parquet at all) does not stop it."""
+    storage = Storage(str(tmp_path / "out"))
+    config = load_config(None, [])
+    gd, cy = resolve("gd", data_dir), resolve("cy", data_dir)
+    Rows(config, [gd, cy], storage).run()
+    storage.write_bytes("grow/rows/language=cym_Latn/being-written.parquet", b"PAR1 cut")
+
+    rows = Rows(config, [gd], storage).read("rows").take_all()
+    assert sorted(r["id"] for r in rows) == ["gla_Latn-0", "gla_Latn-1", "gla_Latn-2"]
