@@ -120,10 +120,16 @@ def _eval_fidelity(d: dict) -> Panels:
                           "registry task": d["accuracy_registry"]})]
 
 
+def _step_reads(d: dict) -> Panels:
+    return [(f"{name}: median seconds", case["median_seconds"])
+            for name, case in d["cases"].items()]
+
+
 PANELS: dict[str, Callable[[dict], Panels]] = {
     "scaling": _scaling, "scaling-paper": _scaling_paper, "generation": _generation, "training": _training,
     "serving": _serving, "gpu_train": _gpu_train, "language_id": _language_id,
-    "eval_fidelity": _eval_fidelity, "zero3_overhead": _zero3_overhead}
+    "eval_fidelity": _eval_fidelity, "zero3_overhead": _zero3_overhead,
+    "step_reads": _step_reads}
 
 
 def plot(path: Path) -> Path | None:

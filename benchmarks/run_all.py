@@ -30,6 +30,7 @@ CPU = {
                                   "--set", "teacher.engine.max_num_seqs=32"]),
     "training": ("training", ["--workers", "1,2"]),
     "zero3_overhead": ("zero3_overhead", []),
+    "step_reads": ("step_reads", []),
     "serving": ("serving", ["--concurrency", "1,16,64", "--duration", "45"]),
     "scaling-paper": ("scaling", ["--paper-scale", "--paper-sizes", "1,8,54",
                                   "--fraction", "0.005"]),
