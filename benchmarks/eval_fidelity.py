@@ -15,11 +15,8 @@ The accuracies must be identical.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -62,9 +59,8 @@ def main() -> None:
               "task": "SIB-200 eng_Latn, 3-shot, AfroBench prompt 1", "documents": args.limit,
               "accuracy_ours": ours["acc,none"], "accuracy_registry": theirs["acc,none"],
               "identical": ours["acc,none"] == theirs["acc,none"]}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("eval_fidelity", result)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,16 @@ PANELS: dict[str, Callable[[dict], Panels]] = {
     "step_reads": _step_reads}
 
 
+def save_result(name: str, result: dict) -> Path:
+    """A benchmark's result: kept as results/NAME.json, printed, and drawn next to it."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    plot(path)
+    return path
+
+
 def plot(path: Path) -> Path | None:
     """Draw `path`'s panels into path.with_suffix('.png'); None for an unknown benchmark."""
     import matplotlib

@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OVERRIDES = ["teacher.model=embedded:tiny-granite", "teacher.reasoning=none",
                      "teacher.sampling.list_item_max_chars=60", "filters.basic=annotate",
                      "filters.min_rows_per_language=1"]
@@ -316,9 +315,8 @@ def main() -> None:
     if args.paper_scale:
         result = paper_scale([int(n) for n in args.paper_sizes.split(",")], args.fraction,
                              args.num_cpus)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "scaling-paper.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        from plots import save_result  # benchmarks/plots.py, next to this script
+        save_result("scaling-paper", result)
         return
     overrides = DEFAULT_OVERRIDES if args.overrides is None else args.overrides
     config = load_config(args.config, overrides)
@@ -350,12 +348,8 @@ def main() -> None:
                 "reference_over_ours_wall_time": round(
                     reference["wall_seconds"] / ours["wall_seconds"], 3)}
     ray.shutdown()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    from plots import plot  # benchmarks/plots.py, next to this script
-
-    plot(RESULTS / "scaling.json")
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("scaling", result)
 
 
 if __name__ == "__main__":

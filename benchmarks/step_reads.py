@@ -20,9 +20,6 @@ import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_step(storage, folder: str, codes: list[str], rows: int, text_chars: int) -> None:
@@ -100,12 +97,8 @@ def main() -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "date": time.strftime("%Y-%m-%d"), "rows_per_language": args.rows,
               "text_chars": args.text_chars, "repeats": args.repeats, "cases": cases}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "step_reads.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    from plots import plot  # benchmarks/plots.py, next to this script
-
-    plot(RESULTS / "step_reads.json")
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("step_reads", result)
 
 
 if __name__ == "__main__":

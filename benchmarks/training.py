@@ -22,11 +22,8 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import pyarrow as pa
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -133,9 +130,8 @@ def main() -> None:
         "packing_efficiency": runs[0]["packing_efficiency"],
         "runs": runs,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("training", result)
 
 
 if __name__ == "__main__":

@@ -36,14 +36,11 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import json
 import platform
 import statistics
 import time
 import traceback
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # call sites of the model's own compute (both loops do it)
 MODEL_SITES = ("deepspeed/runtime/zero/linear.py", "deepspeed/runtime/engine.py")
 LIBRARY_PATHS = ("deepspeed/", "torch/nn/utils/")
@@ -319,9 +316,8 @@ def main() -> None:
     out = {"benchmark": "zero3_overhead", "device": f"{platform.machine()} CPU",
            "traffic": traffic(args.bandwidth),
            "host_time": host_time(args.rounds, args.steps, torch_linear)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "zero3_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("zero3_overhead", out)
 
 
 if __name__ == "__main__":
