@@ -183,6 +183,9 @@ class Stage:
         from ray.data.expressions import col
 
         folder = f"{root}/{step}" if root else self.folder(step)
+        if not self.codes:
+            raise ValueError(f"{self.root}: reading {folder} for no languages (the batch "
+                             "has none left): there is nothing to read")
         return self.storage.ray_dataset(folder).filter(
             expr=col("language").is_in(sorted(self.codes)))
 

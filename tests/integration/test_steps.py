@@ -73,3 +73,13 @@ def test_a_stage_reads_only_its_own_languages_files(ray_cluster, tmp_path, data_
 
     rows = Rows(config, [gd], storage).read("rows").take_all()
     assert sorted(r["id"] for r in rows) == ["gla_Latn-0", "gla_Latn-1", "gla_Latn-2"]
+
+
+def test_a_read_for_no_languages_says_so(ray_cluster, tmp_path, data_dir):
+    """A stage left with no language reads nothing: a clear error, not pyarrow's."""
+    storage = Storage(str(tmp_path / "out"))
+    config = load_config(None, [])
+    Rows(config, [resolve("gd", data_dir)], storage).run()
+    stage = Rows(config, [], storage)
+    with pytest.raises(ValueError, match=r"grow/rows.*no languages"):
+        stage.read("rows").take_all()
