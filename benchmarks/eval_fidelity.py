@@ -55,7 +55,7 @@ def main() -> None:
             random_seed=config.seed, numpy_random_seed=config.seed,
             torch_random_seed=config.seed, fewshot_random_seed=config.seed)
         theirs = out["results"]["registry_sib_eng_prompt_1"]
-    result = {"benchmark": "eval_fidelity", "model": "SmolLM2-135M-Instruct (fp32, transformers)",
+    result = {"model": "SmolLM2-135M-Instruct (fp32, transformers)",
               "task": "SIB-200 eng_Latn, 3-shot, AfroBench prompt 1", "documents": args.limit,
               "accuracy_ours": ours["acc,none"], "accuracy_registry": theirs["acc,none"],
               "identical": ours["acc,none"] == theirs["acc,none"]}

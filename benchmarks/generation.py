@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -243,8 +242,7 @@ def main() -> None:
                              eval_data_dir(config.evaluation.data_dir))
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False)
-    result = {"benchmark": "generation",
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU"}
+    result: dict = {}
     setting = {"date": time.strftime("%Y-%m-%d"), "config": args.config,
                "overrides": args.overrides, "teacher": config.teacher.model}
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,15 +253,14 @@ def main() -> None:
                 config, args.steady_requests, args.steady_max_tokens,
                 eval_data_dir(config.evaluation.data_dir), tmp)}
     ray.shutdown()
-    RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "generation.json"
     if path.exists() and parts != {"batch", "steady"}:  # keep the parts not run this time
         earlier = json.loads(path.read_text())
         kept = {k: v for k, v in earlier.items() if k not in result and k not in (
-            BATCH_KEYS if "batch" in parts else ("steady_state",))}
+            BATCH_KEYS if "batch" in parts else ("steady_state",)) + ("machine",)}
         result = {**kept, **result}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("generation", result)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ benchmarks/results/language_id.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 from kakugo.dataset.filters import LanguageIdentifier, _accepted
 from kakugo.languages import eval_data_dir, paper54
@@ -49,10 +46,8 @@ def main() -> None:
         per_language[lang.flores_code] = entry
     covered = [e for e in per_language.values() if "top1_accuracy" in e]
     result = {
-        "benchmark": "language_id",
         "model": args.model,
         "min_confidence": args.min_confidence,
-        "machine": f"{platform.processor() or platform.machine()}, CPU",
         "languages": len(per_language),
         "covered": sum(e["covered"] for e in per_language.values()),
         "not_covered": sorted(c for c, e in per_language.items() if not e["covered"]),
@@ -61,9 +56,8 @@ def main() -> None:
         "sentences_per_second": round(judged * 2 / (time.monotonic() - started), 1),
         "per_language": per_language,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "per_language"}, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("language_id", result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ it ran on in the title).
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,12 +135,20 @@ PANELS: dict[str, Callable[[dict], Panels]] = {
     "step_reads": _step_reads}
 
 
-def save_result(name: str, result: dict) -> Path:
-    """A benchmark's result: kept as results/NAME.json, printed, and drawn next to it."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+def cpu_machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, run on CPU"
+
+
+def save_result(name: str, result: dict, path: str | Path | None = None) -> Path:
+    """A benchmark's result, headed by its name, the machine (run on CPU) and the date
+    unless it states its own: kept as `path` (results/NAME.json by default), printed, and
+    drawn next to it."""
+    result = {"benchmark": name, "machine": cpu_machine(), "date": time.strftime("%Y-%m-%d"),
+              **result}
+    path = Path(path) if path else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     plot(path)
     return path
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -267,9 +265,6 @@ def paper_scale(sizes: list[int], fraction: float, num_cpus: int | None) -> dict
               for key in ("teacher_requests", "orchestration_ms_per_request",
                           "driver_peak_rss_mib", "files", "bytes")}
     return {
-        "benchmark": "scaling-paper",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-        "date": time.strftime("%Y-%m-%d"),
         "config": "configs/paper.yaml", "teacher": "benchmark stand-in (instant replies)",
         "fraction_of_paper_counts": fraction,
         "languages": largest["languages"],
@@ -326,8 +321,6 @@ def main() -> None:
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False)
     result: dict = {
-        "benchmark": "scaling",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
         "config": args.config, "overrides": overrides, "teacher": config.teacher.model,
         "languages": [lang.flores_code for lang in languages],
         "stages": ["generate", "dataset"],

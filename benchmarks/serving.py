@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -190,9 +189,7 @@ def main() -> None:
     engine = config.serving.engine.model_copy(update={"max_num_seqs": max(args.levels)})
     model = ServedModel(config.student.name, args.model or config.student.model, "student",
                         engine, config.serving.students)
-    out: dict = {"benchmark": "serving", "machine": f"{platform.machine()} CPU x{os.cpu_count()}",
-                 "date": time.strftime("%Y-%m-%d"),
-                 "model": model.source, "concurrency": args.levels,
+    out: dict = {"model": model.source, "concurrency": args.levels,
                  "duration_s": args.duration, "max_tokens": args.max_tokens}
     if args.only in (None, "serve"):
         out["ray_serve"] = bench_serve(config, model, args)
@@ -210,9 +207,8 @@ def main() -> None:
                 "p99_latency": round(a["latency_p99_s"] / b["latency_p99_s"], 3)
                 if a["latency_p99_s"] and b["latency_p99_s"] else None}
         out["serve_over_vllm"] = ratios
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    from plots import save_result  # benchmarks/plots.py, next to this script
+    save_result("serving", out, args.output)
 
 
 if __name__ == "__main__":

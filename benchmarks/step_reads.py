@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -93,9 +91,7 @@ def main() -> None:
                                median["row function"] / median["expression (Stage.read)"], 2)}
             print(json.dumps({name: cases[name]}), flush=True)
     ray.shutdown()
-    result = {"benchmark": "step_reads",
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "date": time.strftime("%Y-%m-%d"), "rows_per_language": args.rows,
+    result = {"rows_per_language": args.rows,
               "text_chars": args.text_chars, "repeats": args.repeats, "cases": cases}
     from plots import save_result  # benchmarks/plots.py, next to this script
     save_result("step_reads", result)

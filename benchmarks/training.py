@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import tempfile
 import time
 
@@ -120,9 +118,6 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     ray.shutdown()
     result = {
-        "benchmark": "training",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-        "date": time.strftime("%Y-%m-%d"),
         "model": config.student.model,
         "zero_stage": config.training.zero_stage,
         "cutoff_len": args.cutoff,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import platform
 import statistics
 import time
 import traceback
@@ -313,8 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # host time: one thread, as the GPU loop's
     torch_linear = torch.nn.functional.linear
-    out = {"benchmark": "zero3_overhead", "device": f"{platform.machine()} CPU",
-           "traffic": traffic(args.bandwidth),
+    out = {"traffic": traffic(args.bandwidth),
            "host_time": host_time(args.rounds, args.steps, torch_linear)}
     from plots import save_result  # benchmarks/plots.py, next to this script
     save_result("zero3_overhead", out)

@@ -62,3 +62,21 @@ def test_every_recorded_result_is_drawn(result, tmp_path):
     copy.write_text((BENCHMARKS / "results" / result).read_text())
     out = plots.plot(copy)
     assert out is not None and out.stat().st_size > 0
+
+
+def test_a_saved_result_is_headed_written_and_drawn(tmp_path):
+    """Every CPU benchmark saves through one function: the result is headed by its name,
+    the machine and the date (a date the benchmark states itself is kept: generation keeps
+    the date of the part it did not rerun), written where asked and drawn next to it."""
+    plots = load("plots")
+    result = {"date": "2026-01-02", "model": "tiny",
+              "cases": {"whole batch": {"median_seconds": {"expression (Stage.read)": 1.0,
+                                                            "row function": 2.5},
+                                        "row_function_over_expression": 2.5, "rows": 10}}}
+    path = plots.save_result("step_reads", result, tmp_path / "sub" / "mine.json")
+    saved = json.loads(path.read_text())
+    assert list(saved)[:3] == ["benchmark", "machine", "date"]
+    assert saved["benchmark"] == "step_reads" and saved["date"] == "2026-01-02"
+    assert saved["machine"] == plots.cpu_machine() and "CPUs" in saved["machine"]
+    assert saved["cases"] == result["cases"]
+    assert path.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
