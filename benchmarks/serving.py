@@ -27,9 +27,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 async def closed_loop(url: str, model: str, concurrency: int, duration: float,
                       max_tokens: int, headers: dict[str, str] | None = None,
-                      flooders: int = 0) -> dict:
-    """C clients, each sending its next request when the last one answered, for `duration`;
-    with `flooders`, as many more clients send oversize and malformed bodies meanwhile."""
+                      flooders: int = 0, min_requests: int = 0) -> dict:
+    """C clients, each sending its next request when the last one answered, for `duration`
+    and until `min_requests` are done (at one client a request more or less is a few % of
+    the rate); with `flooders`, as many more clients send oversize and malformed bodies
+    meanwhile."""
     import httpx
 
     latencies: list[float] = []
@@ -40,7 +42,7 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens, errors
         n = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or len(latencies) + errors < min_requests:
             body = {"model": model, "max_tokens": max_tokens, "temperature": 0.7,
                     "messages": [{"role": "user", "content": f"Client {index}, question {n}: "
                                   "tell me about the sea."}]}
@@ -94,13 +96,24 @@ async def closed_loop(url: str, model: str, concurrency: int, duration: float,
 
 def under_load(url: str, model: str, args, startup_seconds: float,
                key: str | None = None) -> dict:
+    """Each level's load, and the CPU cores each kind of process used meanwhile (on a small
+    machine whatever runs beside the engine takes its time)."""
+    from generation import cpu_seconds  # benchmarks/generation.py, next to this script
+
     headers = {"authorization": f"Bearer {key}"} if key else None
     asyncio.run(closed_loop(url, model, 2, 5, args.max_tokens, headers))  # warm-up
     out: dict = {"startup_seconds": round(startup_seconds, 1), "api_key": bool(key),
                  "levels": {}}
     for level in args.levels:
-        out["levels"][str(level)] = asyncio.run(closed_loop(
-            url, model, level, args.duration, args.max_tokens, headers))
+        before, started = cpu_seconds(), time.monotonic()
+        result = asyncio.run(closed_loop(url, model, level, args.duration, args.max_tokens,
+                                         headers, min_requests=args.min_requests))
+        after, wall = cpu_seconds(), time.monotonic() - started
+        cores = {name: round((used - before.get(name, 0.0)) / wall, 3)
+                 for name, used in after.items()}
+        result["cpu_cores_by_process"] = dict(sorted(
+            ((name, c) for name, c in cores.items() if c >= 0.005), key=lambda kv: -kv[1]))
+        out["levels"][str(level)] = result
     if args.flood:  # good clients beside as many sending oversize and malformed bodies
         out["under_flood"] = asyncio.run(closed_loop(
             url, model, args.flood, args.duration / 2, args.max_tokens, headers,
@@ -175,6 +188,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64",
                         help="comma-separated numbers of concurrent clients")
     parser.add_argument("--duration", type=float, default=30)
+    parser.add_argument("--min-requests", type=int, default=40,
+                        help="each level runs on until this many requests are done")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--only", choices=["serve", "vllm"], default=None)
     parser.add_argument("--no-api-key", dest="api_key", action="store_false",

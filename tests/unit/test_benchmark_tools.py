@@ -80,3 +80,37 @@ def test_a_saved_result_is_headed_written_and_drawn(tmp_path):
     assert saved["machine"] == plots.cpu_machine() and "CPUs" in saved["machine"]
     assert saved["cases"] == result["cases"]
     assert path.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_serving_load_runs_on_until_its_least_number_of_requests():
+    """One client for a zero-second run still sends the least number of requests asked
+    (a rate from a handful of requests is a few % off per request), to a local server."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the stdlib's name)
+            seen.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            body = json.dumps({"usage": {"completion_tokens": 3}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        serving = load("serving")
+        out = asyncio.run(serving.closed_loop(url, "m", 1, 0, 8, min_requests=5))
+    finally:
+        server.shutdown()
+    assert (out["requests"], out["errors"]) == (5, 0) and len(seen) == 5
+    assert out["output_tokens_per_second"] > 0 and seen[0]["max_tokens"] == 8
