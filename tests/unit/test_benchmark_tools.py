@@ -92,7 +92,7 @@ def test_the_serving_load_runs_on_until_its_least_number_of_requests():
     seen = []
 
     class Chat(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (the stdlib's name)
+        def do_POST(self):
             seen.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
             body = json.dumps({"usage": {"completion_tokens": 3}}).encode()
             self.send_response(200)
