@@ -70,11 +70,12 @@ def _training(d: dict) -> Panels:
 
 
 def _serving(d: dict) -> Panels:
-    sides = {"Serve": d["ray_serve"], "vLLM": d["vllm_openai_server"]}
-    if "levels" not in d["ray_serve"]:  # one concurrency (results before levels)
+    sides = {label: d[key] for label, key in (("Serve", "ray_serve"),
+                                              ("vLLM", "vllm_openai_server")) if key in d}
+    if any("levels" not in v for v in sides.values()):  # one concurrency (before levels)
         return [("requests/s", {k: v["requests_per_second"] for k, v in sides.items()}),
                 ("latency p99 (s)", {k: v["latency_p99_s"] for k, v in sides.items()})]
-    levels = list(d["ray_serve"]["levels"])
+    levels = list(next(iter(sides.values()))["levels"])
     return [(title, {f"{k} {c}": v["levels"][c][key] for c in levels
                      for k, v in sides.items()})
             for title, key in (("requests/s at C clients", "requests_per_second"),

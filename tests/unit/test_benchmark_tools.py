@@ -114,3 +114,14 @@ def test_the_serving_load_runs_on_until_its_least_number_of_requests():
         server.shutdown()
     assert (out["requests"], out["errors"]) == (5, 0) and len(seen) == 5
     assert out["output_tokens_per_second"] > 0 and seen[0]["max_tokens"] == 8
+
+
+@pytest.mark.parametrize("side", ["ray_serve", "vllm_openai_server"])
+def test_a_serving_result_of_one_server_is_drawn(side, tmp_path):
+    """`serving.py --only serve|vllm` measures one server: its result is drawn too."""
+    plots = load("plots")
+    recorded = json.loads((BENCHMARKS / "results" / "serving.json").read_text())
+    other = {"ray_serve": "vllm_openai_server", "vllm_openai_server": "ray_serve"}[side]
+    del recorded[other], recorded["serve_over_vllm"]
+    out = plots.save_result("serving", recorded, tmp_path / "serving.json")
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
