@@ -226,6 +226,7 @@ def main() -> None:
 
     from kakugo.config import load_config
     from kakugo.languages import eval_data_dir, parse_language_list, resolve_many
+    from kakugo.serving import serve_process_env
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/tiny-cpu.yaml")
@@ -240,8 +241,9 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     languages = resolve_many(parse_language_list(args.languages),
                              eval_data_dir(config.evaluation.data_dir))
+    # Serve's settings as a run gives them to its processes (kakugo.run.connect_ray)
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": serve_process_env(config)})
     result: dict = {}
     setting = {"date": time.strftime("%Y-%m-%d"), "config": args.config,
                "overrides": args.overrides, "teacher": config.teacher.model}

@@ -125,7 +125,7 @@ def bench_serve(config, model, args) -> dict:
     import ray
     from ray import serve
 
-    from kakugo.serving import start
+    from kakugo.serving import serve_process_env, start
 
     key = None
     if args.api_key:  # as a server on a network is run: the key on every request
@@ -133,8 +133,9 @@ def bench_serve(config, model, args) -> dict:
         os.environ["KAKUGO_BENCH_API_KEY"] = key
         config = config.model_copy(update={"serving": config.serving.model_copy(
             update={"api_key_env": "KAKUGO_BENCH_API_KEY"})})
+    # Serve's settings as a run gives them to its processes (kakugo.run.connect_ray)
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": serve_process_env(config)})
     try:
         started = time.monotonic()
         url = start(config, [model])

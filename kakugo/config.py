@@ -381,6 +381,14 @@ class ServingConfig(Strict):
         "variable that holds the API key; when set, every request but Serve's health checks "
         "needs `Authorization: Bearer <key>` (401 otherwise). The key is read where the app "
         "is started and never stored")
+    control_loop_interval_s: float = Field(
+        1.0, gt=0, description="how often Ray Serve's controller runs its loop, idle or not "
+        "(Ray's default 0.1 s; each turn also costs the GCS). Applies when kakugo's run "
+        "starts Serve")
+    metrics_export_interval_ms: int = Field(
+        1000, ge=0, description="how often Serve's proxy, replicas and handles export "
+        "their cached metrics (Ray's default 100 ms; 0: no caching). Applies as "
+        "control_loop_interval_s")
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> ServingConfig:

@@ -71,12 +71,15 @@ def connect_ray(config: RunConfig) -> None:
     start a local cluster of this process's own: never join whatever Ray's temp folder
     says last ran here (a head stopped by a signal leaves its address behind). Every
     process of the run gets the libraries' log settings (kakugo.logs.worker_env), merged
-    into a job's own runtime env."""
+    into a job's own runtime env, and so do Ray Serve's settings (kakugo.serving.
+    serve_process_env)."""
     import ray
+
+    from kakugo.serving import serve_process_env
 
     if ray.is_initialized():
         return
-    env = logs.worker_env()
+    env = {**logs.worker_env(), **serve_process_env(config)}
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a job's runtime env already applies to its tasks
         log.info("joining the Ray cluster at %s (RAY_ADDRESS)", address)

@@ -215,6 +215,19 @@ def base_url(config: RunConfig) -> str:
     return f"http://{config.serving.host}:{config.serving.port}/v1"
 
 
+def serve_process_env(config: RunConfig) -> dict[str, str]:
+    """Ray Serve's own settings for its processes (controller, proxy, replicas and the
+    handles in Ray Data's actors), which read them from their environment: for `ray.init`'s
+    runtime env, which every process of the run inherits. At Ray's defaults Serve's loops
+    cost about 0.2 cores with no request at all (benchmarks/serving.py); on a small
+    machine whose cores the engines keep busy, that time is taken from the engines.
+    Variables already set here (by the user, or a job's own runtime env) are left to them."""
+    s = config.serving
+    env = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(s.control_loop_interval_s),
+           "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": str(s.metrics_export_interval_ms)}
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
 def ensure_serve(config: RunConfig) -> None:
     """Start Ray Serve on the connected cluster if it is not running: one HTTP proxy, on the
     head node, at `serving.host:serving.port` (a no-op when Serve is already up)."""

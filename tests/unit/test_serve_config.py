@@ -2,6 +2,7 @@
 cluster: the dicts are validated against `ray.serve.llm.LLMServingArgs`)."""
 
 import asyncio
+import os
 
 import pytest
 import yaml
@@ -140,3 +141,28 @@ def test_serve_binds_where_the_command_line_says(data_dir):
     assert (serving.host, serving.port) == ("0.0.0.0", 8123)
     default = _config_from(build_parser().parse_args(["serve", "--languages", "gd"])).serving
     assert (default.host, default.port) == ("127.0.0.1", 8000)
+
+
+def test_serves_settings_reach_its_processes_as_ray_reads_them(monkeypatch):
+    """The config's Serve settings become the variables Ray Serve's processes read when
+    they start (checked in a fresh interpreter against Ray's own constants, so a rename in
+    Ray fails here); one already set in the environment is the user's and left alone."""
+    import json
+    import subprocess
+    import sys
+
+    from kakugo.serving import serve_process_env
+
+    monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
+    monkeypatch.delenv("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", raising=False)
+    config = load_config(None, ["serving.control_loop_interval_s=2.5",
+                                "serving.metrics_export_interval_ms=750"])
+    env = serve_process_env(config)
+    probe = ("import json; from ray.serve._private import constants as c; print(json.dumps("
+             "[c.CONTROL_LOOP_INTERVAL_S, c.RAY_SERVE_METRICS_EXPORT_INTERVAL_MS]))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env},
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [2.5, 750]
+
+    monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.1")
+    assert serve_process_env(config) == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "750"}
