@@ -5,8 +5,10 @@ for D seconds, at each C of --concurrency) against
   (a) our Ray Serve app (`kakugo serve`: Ray's OpenAI ingress + KakugoIngress + vLLM), and
   (b) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`),
 one after the other on the same model and engine settings (max_num_seqs: the largest C).
-Reports per C requests/s, output tokens/s, p50/p99 latency, errors, and (a)/(b): the
-requests/s ratio and the p99 ratio.
+Each level runs for D seconds and until --min-requests are done. Reports per C
+requests/s, output tokens/s, p50/p99 latency, errors, the CPU cores each kind of process
+used meanwhile, and (a)/(b): the requests/s ratio and the p99 ratio. The app's Ray starts
+with the Serve settings a run gives its processes (kakugo.serving.serve_process_env).
 
     python benchmarks/serving.py --config configs/tiny-cpu.yaml --concurrency 1,16,64 --duration 30
 """
