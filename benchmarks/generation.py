@@ -66,25 +66,44 @@ print("RESULT " + json.dumps({"rows": len(rows), "completion_tokens": tokens,
 """
 
 
-def _direct(config, folder: str, columns: tuple[str, ...] = ("system", "user")) -> dict:
+def direct_args(config, folder: str, columns: tuple[str, ...]) -> dict:
+    """The direct engine's arguments: the teacher deployment's engine settings and
+    sampling, for the requests in `folder`. What vLLM would choose differently for `LLM`
+    than for the server that Ray Serve LLM runs is set to the server's: the executor
+    (VLLMEngineConfig gives "mp" on CPU, whatever is asked; there vLLM's mp executor binds
+    the engine's worker to one core of two here, the other left to the rest) and the
+    per-step token budget (`LLM`'s default is twice the server's). The requests carry no
+    seed of their own, as the pipeline's do not (the engine's seed is the deployment's)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
     from kakugo.models import ModelSource
-    from kakugo.teacher import engine_env, engine_kwargs
+    from kakugo.teacher import engine_kwargs
 
     engine = config.teacher.engine
     kwargs = engine_kwargs(engine, seed=config.seed)
-    # the executor Ray Serve LLM gives the deployment's engine (VLLMEngineConfig: "mp" on
-    # CPU, whatever is asked), so that both engines are the same: on CPU vLLM's mp executor
-    # binds the engine's threads (one core of two here, the other left to the rest)
     if engine.accelerator == "cpu":
         kwargs["distributed_executor_backend"] = "mp"
     else:
         kwargs.pop("distributed_executor_backend", None)
+    if "max_num_batched_tokens" not in kwargs:
+        world = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        kwargs["max_num_batched_tokens"] = EngineArgs.get_batch_defaults(world)[0][
+            UsageContext.OPENAI_API_SERVER]
     s = config.teacher.sampling
-    args = {"folder": folder, "columns": list(columns), "model": ModelSource.parse(config.teacher.model).materialize(),
+    return {"folder": folder, "columns": list(columns),
+            "model": ModelSource.parse(config.teacher.model).materialize(),
             "engine_kwargs": kwargs,
             "sampling": {"temperature": s.temperature, "top_p": s.top_p,
-                         "max_tokens": s.max_tokens, "seed": config.seed,
+                         "max_tokens": s.max_tokens,
                          "repetition_penalty": s.repetition_penalty}}
+
+
+def _direct(config, folder: str, columns: tuple[str, ...] = ("system", "user")) -> dict:
+    from kakugo.teacher import engine_env
+
+    engine = config.teacher.engine
+    args = direct_args(config, folder, columns)
     env = {**os.environ, **engine_env(engine)}
     proc = subprocess.run([sys.executable, "-c", DIRECT, json.dumps(args)], env=env,
                           capture_output=True, text=True, check=True)

@@ -64,6 +64,11 @@ class EngineConfig(Strict):
     batch_size: int = Field(64, ge=1, description="rows per Ray Data batch; each batch's "
                             "requests are in flight at once")
     max_num_seqs: int = Field(256, ge=1, description="vLLM max concurrent sequences")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="tokens the engine schedules per step (prompt chunks and "
+        "decodes together); null: vLLM's default for a server on the engine's device, "
+        "which is half of its default for offline batches (CPU 2048 against 4096, "
+        "H100/H200 8192 against 16384): a teacher generating a batch is set to the latter")
     max_model_len: int = Field(8192, ge=128, description="longest prompt + reply in tokens")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights and activations; auto takes the model's own")
@@ -76,8 +81,9 @@ class EngineConfig(Strict):
         default_factory=dict, description="more vllm engine arguments, passed as given")
 
     @model_validator(mode="after")
-    def _replica_range(self) -> EngineConfig:
-        return self._ordered("replicas", "max_replicas")
+    def _bounds(self) -> EngineConfig:
+        return self._ordered("replicas", "max_replicas")._ordered(
+            "max_num_seqs", "max_num_batched_tokens")
 
 
 class SamplingConfig(Strict):

@@ -49,6 +49,8 @@ def engine_kwargs(engine: EngineConfig, *, seed: int | None = None,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "pipeline_parallel_size": engine.pipeline_parallel_size,
     }
+    if engine.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
     if engine.accelerator == "gpu":
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
     else:

@@ -125,3 +125,29 @@ def test_a_serving_result_of_one_server_is_drawn(side, tmp_path):
     del recorded[other], recorded["serve_over_vllm"]
     out = plots.save_result("serving", recorded, tmp_path / "serving.json")
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("budget", [None, 4096])
+def test_the_direct_engine_is_given_the_deployments_engine_settings(budget):
+    """The steady-state ratio compares the teacher's deployment with `vllm.LLM` on the same
+    requests and engine settings: the same per-step token budget (vLLM's default differs
+    between its server and `LLM`, so the direct engine is given the server's when the
+    config leaves it to vLLM), the same engine seed, and no per-request seed that the
+    pipeline's requests do not carry (a seeded request takes vLLM's slower sampling path)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    from kakugo.config import load_config
+    from kakugo.serving import Teacher
+
+    generation = load("generation")
+    overrides = ["teacher.engine.accelerator=cpu"] + (
+        [f"teacher.engine.max_num_batched_tokens={budget}"] if budget else [])
+    config = load_config(None, overrides)
+    deployed = Teacher(config).llm_config()["engine_kwargs"]
+    args = generation.direct_args(config, "folder", ("system", "user"))
+    server_default = EngineArgs.get_batch_defaults(1)[0][UsageContext.OPENAI_API_SERVER]
+    assert deployed.get("max_num_batched_tokens") == budget
+    assert args["engine_kwargs"]["max_num_batched_tokens"] == (budget or server_default)
+    assert args["engine_kwargs"]["seed"] == deployed["seed"]
+    assert "seed" not in args["sampling"]

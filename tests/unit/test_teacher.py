@@ -1,3 +1,5 @@
+import pytest
+
 from kakugo.config import EngineConfig
 from kakugo.teacher import engine_env, engine_kwargs, placement_bundles
 
@@ -48,3 +50,15 @@ def test_teacher_engines_get_their_reasoning_parser_and_compact_json_in_vllms_ty
     model = str(build_embedded("smollm2-135m-instruct"))
     args = AsyncEngineArgs(model=model, **{**kwargs, "structured_outputs_config": compact})
     assert args.structured_outputs_config.disable_any_whitespace
+
+
+def test_the_per_step_token_budget_reaches_the_engine_and_holds_a_full_batch():
+    from kakugo.config import ConfigError, load_config
+
+    assert "max_num_batched_tokens" not in engine_kwargs(EngineConfig())  # vLLM's default
+    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=4096)
+    assert engine_kwargs(engine)["max_num_batched_tokens"] == 4096
+    with pytest.raises(ConfigError, match=r"max_num_seqs \(64\) must be <= "
+                       r"max_num_batched_tokens \(32\)"):
+        load_config(None, ["teacher.engine.max_num_seqs=64",
+                           "teacher.engine.max_num_batched_tokens=32"])
