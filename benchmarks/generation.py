@@ -8,9 +8,10 @@
 3. steady state (`steady_state`): `--steady-requests` (2,000) answer requests (FLORES-200
    sentences, a fixed reply budget) through one engine pass of the pipeline (Ray Data ->
    the teacher's Serve deployment -> parquet) against the same requests through
-   `vllm.LLM.chat`, same engine settings. Start-up is reported apart: the deployment's,
-   the direct engine's, and the pass's own until its first batch is written; the ratio is
-   output tokens/s after that (the direct engine: from its first call).
+   `vllm.LLM.chat`, same engine settings, run before and after the pass (the ratio is
+   against their mean). Start-up is reported apart: the deployment's, the direct
+   engine's, and the pass's own until its first batch is written; the ratio is output
+   tokens/s after that (the direct engine: from its first call).
 
     python benchmarks/generation.py --config configs/tiny-cpu.yaml --languages gd,cy
     python benchmarks/generation.py --parts steady --steady-requests 2000
@@ -157,7 +158,10 @@ def cpu_seconds() -> dict[str, float]:
 
 
 def _steady(config, n: int, max_tokens: int, data_dir: Path, tmp: str) -> dict:
-    """One engine pass of n requests against the same requests on vllm.LLM (module doc)."""
+    """One engine pass of n requests against the same requests on vllm.LLM, run before and
+    after the pass: this machine's speed drifts by 10-20% within minutes, so the pass is
+    compared with the mean of the two and their spread is reported (module doc)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
 
@@ -166,6 +170,11 @@ def _steady(config, n: int, max_tokens: int, data_dir: Path, tmp: str) -> dict:
     from kakugo.storage import Storage
 
     rows = answer_requests(n, max_tokens, data_dir)
+    columns = ("system", "user", "max_tokens")
+    Path(f"{tmp}/requests").mkdir()
+    pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]),
+                   f"{tmp}/requests/requests.parquet")
+    before = _direct(config, f"{tmp}/requests", columns)
     storage = Storage(f"{tmp}/steady")
     started = time.monotonic()
     with Teacher(config) as teacher:
@@ -197,9 +206,14 @@ def _steady(config, n: int, max_tokens: int, data_dir: Path, tmp: str) -> dict:
         "machine_cpu_ms_per_request": round(1000 * (busy_after - busy_before) / n, 2),
         "cpu_ms_per_request": cpu_ms,
     }
-    direct = _direct(config, f"{tmp}/steady/respond", ("system", "user", "max_tokens"))
-    direct["steady_tokens_per_second"] = round(
-        direct["completion_tokens"] / direct["generate_seconds"], 1)
+    after = _direct(config, f"{tmp}/requests", columns)
+    for run in (before, after):
+        run["steady_tokens_per_second"] = round(
+            run["completion_tokens"] / run["generate_seconds"], 1)
+    speeds = [run["steady_tokens_per_second"] for run in (before, after)]
+    direct = {"steady_tokens_per_second": round(sum(speeds) / 2, 1),
+              "spread": round(abs(speeds[0] - speeds[1]) / min(speeds), 3),
+              "before_the_pass": before, "after_the_pass": after}
     engine = config.teacher.engine
     return {
         "requests": n, "max_tokens": max_tokens,
