@@ -67,8 +67,8 @@ class EngineConfig(Strict):
     max_num_batched_tokens: int | None = Field(
         None, ge=1, description="tokens the engine schedules per step (prompt chunks and "
         "decodes together); null: vLLM's default for a server on the engine's device, "
-        "which is half of its default for offline batches (CPU 2048 against 4096, "
-        "H100/H200 8192 against 16384): a teacher generating a batch is set to the latter")
+        "half its default for offline batches (CPU 2048 against 4096, H100/H200 8192 "
+        "against 16384); both configs give the teacher the offline one")
     max_model_len: int = Field(8192, ge=128, description="longest prompt + reply in tokens")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights and activations; auto takes the model's own")
