@@ -159,7 +159,7 @@ def cpu_seconds() -> dict[str, float]:
 
 def _steady(config, n: int, max_tokens: int, data_dir: Path, tmp: str) -> dict:
     """One engine pass of n requests against the same requests on vllm.LLM, run before and
-    after the pass: this machine's speed drifts by 10-20% within minutes, so the pass is
+    after the pass: this machine's speed drifts by 10-40% within minutes, so the pass is
     compared with the mean of the two and their spread is reported (module doc)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
