@@ -40,6 +40,7 @@ log = logging.getLogger("kakugo.serving")
 APP_NAME = "kakugo"
 MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 INGRESS_CLS = "kakugo.serve.app:KakugoIngress"
+TEACHER_SERVER_CLS = "kakugo.serve.teacher_server:TeacherServer"
 NO_MIRROR_CALLBACK = "kakugo.serving:NoMirrorCallback"
 
 
@@ -292,16 +293,18 @@ def stop() -> None:
 TEACHER_APP = "kakugo-teacher"
 
 
-def processor_actors(engine: EngineConfig) -> int:
+def processor_actors(engine: EngineConfig, rows: int | None = None) -> int:
     """Ray Data actors that feed the teacher. Each keeps one batch of `batch_size` requests
     in flight and takes the next only when the whole batch is back, so one actor per
     replica leaves the engine running fewer and fewer sequences as each batch drains
     (0.65 of the engine's own tokens/s at steady state; 1.05 with these, measured side by
     side by benchmarks/generation.py). Enough actors for `max_num_seqs` requests per
     replica plus one batch waiting keep every engine full, for the most replicas the
-    teacher scales to."""
+    teacher scales to; and no more than a pass of `rows` rows has batches (each actor is
+    a process started for the pass)."""
     per_replica = -(-engine.max_num_seqs // engine.batch_size) + 1
-    return (engine.max_replicas or engine.replicas) * per_replica
+    actors = (engine.max_replicas or engine.replicas) * per_replica
+    return actors if rows is None else max(1, min(actors, -(-rows // engine.batch_size)))
 
 
 class Teacher:
@@ -365,6 +368,7 @@ class Teacher:
         # one access-log line per request would flood the job's log (100k+ requests)
         settings["deployment_config"]["logging_config"] = logs.serve_logging_config(
             access_log=False)
+        settings["server_cls"] = TEACHER_SERVER_CLS  # LLMServer, plus `chat_row`
         return settings
 
     def __exit__(self, *exc_info) -> None:
@@ -409,17 +413,17 @@ class Teacher:
                          gpu=self.config.teacher.engine.accelerator == "gpu",
                          requested=self.config.cluster.teacher_accelerator_type)
 
-    def processor_config(self, request_timeout_s: float | None = None):
+    def processor_config(self, request_timeout_s: float | None = None,
+                         rows: int | None = None):
+        """Ray Data's processor settings for a pass of `rows` rows (None: any number)."""
         from ray.data.llm import ServeDeploymentProcessorConfig
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         if self.deployment is None:
             raise RuntimeError("the teacher is not deployed: use `with Teacher(config)`")
         engine = self.config.teacher.engine
         return ServeDeploymentProcessorConfig(
             deployment_name=self.deployment, app_name=TEACHER_APP,
-            dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
-            batch_size=engine.batch_size, concurrency=processor_actors(engine),
+            batch_size=engine.batch_size, concurrency=processor_actors(engine, rows),
             should_continue_on_error=True, request_timeout_s=request_timeout_s)
 
     def wait_until_running(self, timeout_s: float = 1800) -> None:

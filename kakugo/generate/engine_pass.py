@@ -81,8 +81,9 @@ class Preprocess:
             "chat_template_kwargs": self.template_kwargs,
         }
         # the response's own fields (id, model, ...) are merged over the row: keep ours
-        return {**row, ROW_ID: row["id"], "method": "chat", "dtype": "ChatCompletionRequest",
-                "request_kwargs": request}
+        # a plain dict for the teacher's `chat_row` (kakugo.serve.teacher_server): this
+        # process never imports vLLM
+        return {**row, ROW_ID: row["id"], "method": "chat_row", "request_kwargs": request}
 
 
 class Postprocess:
@@ -337,7 +338,8 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
                  ", ".join(f"{c} {n}" for c, n in sorted(totals.items())),
                  f", attempt {attempt} of {attempts}" if attempt > 1 else "")
         processor = build_processor(
-            teacher.processor_config(request_timeout_s=config.teacher.request_timeout_s),
+            teacher.processor_config(request_timeout_s=config.teacher.request_timeout_s,
+                                     rows=sum(totals.values())),
             preprocess=Preprocess(config), postprocess=Postprocess(config))
         # blocks of one batch each: every batch's replies are written as soon as they are
         # back (progress, and what a cut pass keeps), not when a whole input block is done

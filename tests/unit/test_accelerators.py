@@ -96,6 +96,12 @@ def test_ray_data_keeps_every_teacher_engine_full_and_one_batch_waiting(
     most = high or low
     assert in_flight >= most * (max_num_seqs + batch_size)
     assert in_flight < most * (max_num_seqs + 2 * batch_size)
+    # a pass with fewer batches than that starts one actor per batch (each is a process)
+    for batches in (1, 2):
+        small = teacher.processor_config(rows=batches * batch_size - 1)
+        assert small.get_concurrency(autoscaling_enabled=False)["size"] == batches
+    assert teacher.processor_config(rows=10**6).get_concurrency(
+        autoscaling_enabled=False)["size"] == actors
 
 
 def test_the_training_workers_ask_for_the_gpu_type():

@@ -103,7 +103,7 @@ def test_preprocess_builds_one_chat_request_with_the_list_schema():
     config = load_config("configs/tiny-cpu.yaml", [])
     row = _postprocess_row(system="s", user="u", n=3, max_tokens=0, schema="")
     out = Preprocess(config)(row)
-    assert (out["method"], out["dtype"]) == ("chat", "ChatCompletionRequest")
+    assert out["method"] == "chat_row"  # kakugo.serve.teacher_server
     request = out["request_kwargs"]
     assert request["model"] == "smollm2-135m" and request["max_tokens"] == 384
     assert request["messages"] == [{"role": "system", "content": "s"},
@@ -143,8 +143,14 @@ def test_gpt_oss_teacher_passes_reasoning_effort_and_budgets_its_trace():
 
 def _vllm_reply(reasoning: str | None, content: str | None, *, reasoning_tokens: int,
                 completion_tokens: int, finish: str = "stop") -> dict:
-    """A chat reply as Ray Serve LLM's deployment returns it (vLLM's response model) and
-    as Ray Data's Serve stage hands it on (`model_dump()`)."""
+    """A chat reply as Ray Data's Serve stage hands it on (`model_dump()`)."""
+    return _vllm_response(reasoning, content, reasoning_tokens=reasoning_tokens,
+                          completion_tokens=completion_tokens, finish=finish).model_dump()
+
+
+def _vllm_response(reasoning: str | None, content: str | None, *, reasoning_tokens: int,
+                   completion_tokens: int, finish: str = "stop"):
+    """A chat reply as Ray Serve LLM's deployment returns it (vLLM's response model)."""
     from ray.serve.llm.openai_api_models import ChatCompletionResponse
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionResponseChoice,
@@ -161,7 +167,7 @@ def _vllm_reply(reasoning: str | None, content: str | None, *, reasoning_tokens:
                         total_tokens=40 + completion_tokens,
                         completion_tokens_details=CompletionTokenUsageInfo(
                             reasoning_tokens=reasoning_tokens)))
-    return response.model_dump()
+    return response
 
 
 def test_postprocess_takes_the_trace_from_vllms_reasoning_field():
@@ -203,3 +209,99 @@ def test_think_tags_teacher_counts_its_trace_tokens_with_its_tokenizer():
     out = post(_postprocess_row(n=0, **_reply("<think>one two three</think>Tha.")))
     assert (out["reasoning"], out["text"]) == ("one two three", "Tha.")
     assert out["reasoning_tokens"] == 3
+
+
+FEEDING_ACTOR = """
+import json, sys, types
+import cloudpickle
+from ray.llm._internal.batch.stages.serve_deployment_stage import ServeDeploymentStageUDF
+
+processor, preprocess, row = cloudpickle.loads(open(sys.argv[1], "rb").read())
+out = preprocess(row)
+out[ServeDeploymentStageUDF.IDX_IN_BATCH_COLUMN] = 0
+# what ServeDeploymentStageUDF does with a row before the handle call (its own code)
+stage = types.SimpleNamespace(_dtype_mapping=processor.dtype_mapping, request_id=0,
+                              IDX_IN_BATCH_COLUMN=ServeDeploymentStageUDF.IDX_IN_BATCH_COLUMN)
+request, dtype, method = ServeDeploymentStageUDF._prepare_request(stage, out)
+sent = cloudpickle.dumps(dtype(**request) if dtype else request)  # as the handle sends it
+print(json.dumps({"method": method, "vllm": "vllm" in sys.modules}))
+"""
+
+
+def test_the_actors_feeding_the_teacher_never_import_vllm(tmp_path):
+    """Each Ray Data actor of each engine pass unpickles the processor's settings, runs
+    Preprocess and sends the request; importing vLLM there (its request type) cost ~17 s of
+    CPU per actor, most of a small pass's time on 2 cores."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Preprocess
+    from kakugo.serving import Teacher
+
+    config = load_config("configs/tiny-cpu.yaml", [])
+    teacher = Teacher(config)
+    teacher.deployment = "TeacherServer:smollm2-135m"  # as if deployed
+    row = _postprocess_row(system="s", user="u", n=3, max_tokens=0, schema="", id="r1")
+    (tmp_path / "payload").write_bytes(cloudpickle.dumps(
+        (teacher.processor_config(), Preprocess(config), row)))
+    proc = subprocess.run([sys.executable, "-c", FEEDING_ACTOR, str(tmp_path / "payload")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"method": "chat_row", "vllm": False}
+
+
+def test_the_teacher_server_builds_vllms_request_and_returns_its_reply_as_a_dict():
+    """`TeacherServer.chat_row` with what the stage sends for a list call: `chat` gets
+    vLLM's own request type with our fields, and the reply comes back as the dict Ray
+    Data's stage made of vLLM's response model; a field vLLM refuses is a pydantic
+    ValidationError (a row error for the stage, as it was when the actor built it)."""
+    import asyncio
+
+    import pydantic
+    import pytest
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Postprocess, Preprocess
+    from kakugo.serve.teacher_server import TeacherServer
+
+    config = load_config("configs/tiny-cpu.yaml", ["teacher.reasoning=none"])
+    row = _postprocess_row(system="s", user="u", n=2, max_tokens=0, schema="", id="r1")
+    fields = {"request_id": "7", "idx_in_batch": 0,
+              **Preprocess(config)(row)["request_kwargs"]}
+    response = _vllm_response(None, '{"items": ["biadh", "cofaidh"]}', reasoning_tokens=0,
+                              completion_tokens=11)
+    seen = []
+
+    async def chat(request, raw_request_info=None):
+        seen.append(request)
+
+        async def replies():
+            yield response
+        return replies()
+
+    from ray.serve.llm import LLMConfig
+
+    from kakugo.serving import Teacher
+
+    # the teacher's deployment is built with it (Ray's builder takes LLMConfig.server_cls)
+    assert LLMConfig(**Teacher(config).llm_config()).server_cls is TeacherServer
+    server = TeacherServer.__new__(TeacherServer)  # the engine is not needed for this
+    server.chat = chat
+
+    async def collect(sent):
+        return [reply async for reply in server.chat_row(sent)]
+
+    replies = asyncio.run(collect(fields))
+    (request,) = seen
+    assert isinstance(request, ChatCompletionRequest)
+    assert (request.model, request.max_tokens, request.request_id) == ("smollm2-135m", 384, "7")
+    assert request.structured_outputs.json == fields["structured_outputs"]["json"]
+    assert replies == [response.model_dump()]
+    out = Postprocess(config)({**row, **replies[0], "kakugo_row_id": "r1"})
+    assert (out["items"], out["error"], out["id"]) == (["biadh", "cofaidh"], "", "r1")
+    with pytest.raises(pydantic.ValidationError, match="max_tokens"):
+        asyncio.run(collect({**fields, "max_tokens": "many"}))
