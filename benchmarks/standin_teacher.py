@@ -20,9 +20,8 @@ from kakugo.serving import TEACHER_APP, Teacher, ensure_serve
 STANDIN_DEPLOYMENT = "BenchmarkStandinTeacher"
 
 
-def _schema(request: Any) -> dict[str, Any] | None:
-    outputs = getattr(request, "structured_outputs", None)
-    spec = getattr(outputs, "json", None) if outputs is not None else None
+def _schema(request: dict[str, Any]) -> dict[str, Any] | None:
+    spec = (request.get("structured_outputs") or {}).get("json")
     if spec is None:
         return None
     return json.loads(spec) if isinstance(spec, str) else spec
@@ -40,10 +39,9 @@ def _source_turns(text: str) -> list[dict[str, str]]:
     return []
 
 
-def reply_text(request: Any) -> str:
-    """The stand-in's answer to one ChatCompletionRequest."""
-    user = request.messages[-1]["content"] if isinstance(request.messages[-1], dict) \
-        else request.messages[-1].content
+def reply_text(request: dict[str, Any]) -> str:
+    """The stand-in's answer to one chat request (the fields the engine pass sends)."""
+    user = request["messages"][-1]["content"]
     tag = hashlib.blake2b(user.encode("utf-8"), digest_size=6).hexdigest()
     schema = _schema(request)
     if schema is None:
@@ -56,16 +54,16 @@ def reply_text(request: Any) -> str:
 
 
 class StandinTeacher:
-    """The deployment: the `chat` method Ray Data's Serve stage calls, as a stream of one
-    reply shaped like vLLM's ChatCompletionResponse."""
+    """The deployment: the `chat_row` method Ray Data's Serve stage calls on the teacher
+    (kakugo.serve.teacher_server), as a stream of one reply shaped like the dict of vLLM's
+    ChatCompletionResponse."""
 
-    async def chat(self, request: Any):
+    async def chat_row(self, request: dict[str, Any]):
         text = reply_text(request)
-        prompt = sum(len(str(m.get("content") if isinstance(m, dict) else m.content).split())
-                     for m in request.messages)
+        prompt = sum(len(str(m["content"]).split()) for m in request["messages"])
         completion = len(text.split())
-        yield {"id": f"chatcmpl-{request.request_id}", "object": "chat.completion",
-               "created": int(time.time()), "model": request.model,
+        yield {"id": f"chatcmpl-{request['request_id']}", "object": "chat.completion",
+               "created": int(time.time()), "model": request["model"],
                "choices": [{"index": 0, "finish_reason": "stop",
                             "message": {"role": "assistant", "content": text,
                                         "reasoning": None}}],

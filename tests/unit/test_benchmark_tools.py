@@ -24,17 +24,27 @@ def load(name: str):
     return module
 
 
-def chat_request(user: str, schema: dict | None):
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+def chat_request(user: str, schema: dict | None) -> dict:
+    """What an engine pass sends the teacher's `chat_row` (Preprocess's request fields)."""
+    from kakugo.config import load_config
+    from kakugo.generate.engine_pass import Preprocess
+    from kakugo.generate.requests import REQUEST_COLUMNS
 
-    return ChatCompletionRequest(
-        model="teacher", messages=[{"role": "system", "content": "s"},
-                                   {"role": "user", "content": user}],
-        max_tokens=64, structured_outputs={"json": json.dumps(schema)} if schema else None)
+    row = {c: "" for c in REQUEST_COLUMNS} | {"specific": False, "n": 0, "max_tokens": 64,
+                                              "system": "s", "user": user,
+                                              "schema": json.dumps(schema) if schema else ""}
+    sent = Preprocess(load_config(None, []))(row)
+    assert sent["method"] == "chat_row"
+    return {"request_id": "0", "idx_in_batch": 0, **sent["request_kwargs"]}
 
 
 def test_the_stand_in_teacher_answers_every_call_kind_as_its_schema_asks():
+    from kakugo.serve.teacher_server import TeacherServer
+
     standin = load("standin_teacher")
+    # the method the engine passes call on the teacher's deployment
+    assert callable(getattr(TeacherServer, "chat_row", None))
+    assert callable(getattr(standin.StandinTeacher, "chat_row", None))
     schema = list_schema(7, 60)
     items = json.loads(standin.reply_text(chat_request("Seven topics, please", schema)))
     jsonschema.validate(items, schema)
