@@ -15,6 +15,8 @@
 
     python benchmarks/generation.py --config configs/tiny-cpu.yaml --languages gd,cy
     python benchmarks/generation.py --parts steady --steady-requests 2000
+    python benchmarks/generation.py --parts steady --steady-max-tokens 32 \
+        --set teacher.reasoning=none --output benchmarks/results/generation-smollm2.json
 """
 
 from __future__ import annotations
@@ -269,6 +271,7 @@ def main() -> None:
                         help="batch (parts 1 and 2 of the module doc), steady (part 3)")
     parser.add_argument("--steady-requests", type=int, default=2000)
     parser.add_argument("--steady-max-tokens", type=int, default=48)
+    parser.add_argument("--output", default=str(RESULTS / "generation.json"))
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     config = load_config(args.config, args.overrides)
@@ -288,14 +291,14 @@ def main() -> None:
                 config, args.steady_requests, args.steady_max_tokens,
                 eval_data_dir(config.evaluation.data_dir), tmp)}
     ray.shutdown()
-    path = RESULTS / "generation.json"
+    path = Path(args.output)
     if path.exists() and parts != {"batch", "steady"}:  # keep the parts not run this time
         earlier = json.loads(path.read_text())
         kept = {k: v for k, v in earlier.items() if k not in result and k not in (
             BATCH_KEYS if "batch" in parts else ("steady_state",)) + ("machine",)}
         result = {**kept, **result}
     from plots import save_result  # benchmarks/plots.py, next to this script
-    save_result("generation", result)
+    save_result("generation", result, path)
 
 
 if __name__ == "__main__":

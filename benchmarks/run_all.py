@@ -21,13 +21,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TINY_TEACHER = ["--set", "teacher.model=embedded:tiny-granite", "--set", "teacher.reasoning=none",
                 "--set", "teacher.sampling.list_item_max_chars=60"]
+STEADY_ENGINE = ["--set", "teacher.engine.batch_size=32", "--set", "teacher.engine.max_num_seqs=32"]
 # name: (script, its arguments: the settings the recorded results were measured with),
 # in order: the stage benchmarks, then the paper-scale and scaling runs (the longest)
 CPU = {
     "language_id": ("language_id", []),
     "eval_fidelity": ("eval_fidelity", []),
-    "generation": ("generation", [*TINY_TEACHER, "--set", "teacher.engine.batch_size=32",
-                                  "--set", "teacher.engine.max_num_seqs=32"]),
+    "generation": ("generation", [*TINY_TEACHER, *STEADY_ENGINE]),
+    # the steady-state goal on a real model: the config's teacher, SmolLM2-135M-Instruct
+    "generation-smollm2": ("generation", [
+        "--parts", "steady", "--steady-max-tokens", "32", "--set", "teacher.reasoning=none",
+        *STEADY_ENGINE, "--output", str(HERE / "results" / "generation-smollm2.json")]),
     "training": ("training", ["--workers", "1,2"]),
     "zero3_overhead": ("zero3_overhead", []),
     "step_reads": ("step_reads", []),
