@@ -332,14 +332,15 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
         if todo.count() == 0:
             break
         totals = language_counts(todo)
-        sent = max(sent, sum(totals.values()))
+        rows = sum(totals.values())
+        sent = max(sent, rows)
         log.info("%s: %d rows to send to the teacher (%d written earlier) [%s]%s", folder,
-                 sum(totals.values()), written,
+                 rows, written,
                  ", ".join(f"{c} {n}" for c, n in sorted(totals.items())),
                  f", attempt {attempt} of {attempts}" if attempt > 1 else "")
         processor = build_processor(
             teacher.processor_config(request_timeout_s=config.teacher.request_timeout_s,
-                                     rows=sum(totals.values())),
+                                     rows=rows),
             preprocess=Preprocess(config), postprocess=Postprocess(config))
         # blocks of one batch each: every batch's replies are written as soon as they are
         # back (progress, and what a cut pass keeps), not when a whole input block is done
