@@ -47,7 +47,8 @@ def _generation(d: dict) -> Panels:
                      "direct vLLM": d["direct_engine"]["tokens_per_second"]})]
     if "steady_state" in d:
         steady = d["steady_state"]
-        panels.append((f"steady tokens/s, {steady['requests']} requests",
+        title = f"steady tokens/s, {steady['requests']} requests\n{steady.get('teacher', '')}"
+        panels.append((title,
                        {"pipeline": steady["pipeline"]["steady_tokens_per_second"],
                         "direct vLLM": steady["direct_engine"]["steady_tokens_per_second"]}))
     return panels
