@@ -66,6 +66,26 @@ def open_run(config: RunConfig, languages: list[Language], *, restart: bool = Fa
     return storage
 
 
+def own_auth_token() -> None:
+    """Token authentication for a local cluster of this process's own, with a token made
+    for it and passed to its processes through the environment (as scripts/demo.sh does
+    for its head): Ray would otherwise read ~/.ray/auth_token, or write one there on a
+    fresh machine. A RAY_AUTH_MODE or RAY_AUTH_TOKEN the user set is kept."""
+    import secrets
+
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    # Ray's core read its settings and token when it was imported: have it read them
+    # again (as Ray's own authentication tests do; tests/e2e/test_local_ray.py fails
+    # if this stops working)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def connect_ray(config: RunConfig) -> None:
     """Join the cluster RAY_ADDRESS names (inside `ray job submit` it is the job's), else
     start a local cluster of this process's own: never join whatever Ray's temp folder
@@ -89,6 +109,7 @@ def connect_ray(config: RunConfig) -> None:
         log.info("starting a local Ray cluster (%s logical CPUs; set RAY_ADDRESS to join "
                  "one)", cpus or "all")
         env["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "0")
+        own_auth_token()
         ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                  runtime_env={"env_vars": env})
 

@@ -1,7 +1,9 @@
 """A local run on a machine where a Ray head once ran and was stopped by a signal (as our
 own scripts stop it): Ray's temp folder still names that head's address. kakugo must start
 a cluster of its own, not try to join the dead one (run after the other e2e modules: no
-other cluster is up). Its processes, Serve's among them, get the run's settings."""
+other cluster is up). Its processes, Serve's among them, get the run's settings. And from
+a fresh home directory: the local cluster's token is the run's own, nothing is read from
+or written to ~/.ray."""
 
 from __future__ import annotations
 
@@ -55,10 +57,13 @@ def test_a_dead_heads_leftovers_do_not_stop_a_local_run():
     # what `ray start --head` leaves behind once its processes are killed
     (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(TMPDIR=str(temp), RAY_TMPDIR=str(temp))
+    home = temp / "home"
+    home.mkdir()
+    env.update(TMPDIR=str(temp), RAY_TMPDIR=str(temp), HOME=str(home))
     try:
         proc = subprocess.run([sys.executable, "-c", SCRIPT, str(free_port())], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=240, check=False)
+        home_ray = sorted(str(p.relative_to(home)) for p in (home / ".ray").rglob("*"))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,3 +71,4 @@ def test_a_dead_heads_leftovers_do_not_stop_a_local_run():
     # Serve's loops at the config's pace (configs/tiny-cpu.yaml keeps the defaults)
     assert "ray::ServeController 1.0 1000" in proc.stdout, proc.stdout
     assert "ray::ProxyActor 1.0 1000" in proc.stdout, proc.stdout
+    assert home_ray == [], home_ray  # no ~/.ray/auth_token made (or read) for the run
