@@ -278,6 +278,9 @@ def main() -> None:
     languages = resolve_many(parse_language_list(args.languages),
                              eval_data_dir(config.evaluation.data_dir))
     # Serve's settings as a run gives them to its processes (kakugo.run.connect_ray)
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": serve_process_env(config)})
     result: dict = {}

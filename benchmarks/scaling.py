@@ -197,6 +197,9 @@ def paper_scale_one(n: int, fraction: float, root: str, num_cpus: int | None) ->
     languages = paper54(eval_data_dir(config.evaluation.data_dir))[:n]
     write_sources(root, languages, config.generation.contexts.max_texts,
                   config.translation.rows)
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     storage = Storage(config.output)
     started = time.monotonic()
@@ -318,6 +321,9 @@ def main() -> None:
     languages = resolve_many(parse_language_list(args.languages),
                              eval_data_dir(config.evaluation.data_dir))
     sizes = [int(n) for n in args.sizes.split(",")]
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False)
     result: dict = {

@@ -136,6 +136,9 @@ def bench_serve(config, model, args) -> dict:
         config = config.model_copy(update={"serving": config.serving.model_copy(
             update={"api_key_env": "KAKUGO_BENCH_API_KEY"})})
     # Serve's settings as a run gives them to its processes (kakugo.run.connect_ray)
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=config.cluster.local_num_cpus, include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": serve_process_env(config)})
     try:

@@ -63,6 +63,9 @@ def main() -> None:
     config = load_config(None, [])
     languages = paper54(eval_data_dir(config.evaluation.data_dir))
     codes = [lang.flores_code for lang in languages]
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:

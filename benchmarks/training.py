@@ -81,6 +81,9 @@ def main() -> None:
                         "parameters, where framework overhead shows most)")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    from kakugo.run import own_auth_token
+
+    own_auth_token()  # the local cluster's token: nothing read from ~/.ray
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
