@@ -43,6 +43,9 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         again = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
         assert again["skipped_existing"] == len(rows) and again["sent"] == 0
         assert sorted(written_ids(storage, "pass").to_pylist()) == sorted(r["id"] for r in rows)
+        # the replica Serve started in place of the killed one keeps off its vLLM worker's
+        # cores, and so does its engine core
+        assert_engine_worker_has_its_cores()
         # what the ledger prices the pass at: the node of the teacher's replica, found by
         # the name Serve gives its placement group, and the replica-seconds it held
         assert serve_replica_nodes(TEACHER_APP) == [ray.get_runtime_context().get_node_id()]
@@ -99,6 +102,27 @@ def teacher_engine_processes() -> list:
              if p.name().startswith("VLLM::")]
     assert procs, "no vLLM engine process under the teacher's replica"
     return procs
+
+
+def assert_engine_worker_has_its_cores() -> None:
+    """On CPU, vLLM binds its worker's threads to cores of their own and reserves the
+    others (one of two here) for its other processes: no thread of the teacher's replica or
+    of its engine core may run on the worker's cores."""
+    import ray
+
+    pid = ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
+    replica = psutil.Process(pid)
+    family = replica.children(recursive=True)
+    workers = [p for p in family if p.name().startswith("VLLM::Worker")]
+    assert workers, "no vLLM worker process under the teacher's replica"
+    worker_cores = set().union(*(p.cpu_affinity() for p in workers))
+    assert worker_cores < set(os.sched_getaffinity(0))  # vLLM left cores to the others
+    others = [replica, *(p for p in family if p not in workers)]
+    assert any(p.name().startswith("VLLM::EngineCore") for p in others)
+    on_worker_cores = [(p.name(), t.id, sorted(os.sched_getaffinity(t.id)))
+                       for p in others for t in p.threads()
+                       if set(os.sched_getaffinity(t.id)) & worker_cores]
+    assert not on_worker_cores, f"worker cores {sorted(worker_cores)}: {on_worker_cores[:5]}"
 
 
 def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:
