@@ -40,15 +40,15 @@ def keep_off_worker_cores() -> tuple[set[int], set[int]] | None:
         return None
     me = psutil.Process()
     mine = set(os.sched_getaffinity(0))
-    family = me.children(recursive=True)
-    bound = [p for p in family if set(p.cpu_affinity()) < mine]  # vLLM's workers
+    cores = {p: set(p.cpu_affinity()) for p in me.children(recursive=True)}
+    bound = [p for p, theirs in cores.items() if theirs < mine]  # vLLM's workers
     if not bound:
         return None
-    worker_cores = set().union(*(set(p.cpu_affinity()) for p in bound))
+    worker_cores = set().union(*(cores[p] for p in bound))
     rest = mine - worker_cores
     if not rest:
         return None
-    for proc in [me, *(p for p in family if p not in bound)]:
+    for proc in [me, *(p for p in cores if p not in bound)]:
         for thread in proc.threads():
             try:
                 os.sched_setaffinity(thread.id, rest)
