@@ -143,7 +143,9 @@ def test_a_reasoning_teacher_keeps_the_trace_vllm_parsed(ray_cluster, serve_port
     with vLLM's deepseek_r1 reasoning parser: vLLM returns the trace in the message's
     `reasoning` field and the answer in `content`; the pass keeps both, counts the trace's
     tokens, and the SFT row thinks inside think tags. A list call's schema applies after
-    the trace, within the list budget plus the reasoning budget."""
+    the trace, within the list budget plus the reasoning budget. Its replicas may scale
+    from 1 to 2 (Serve autoscaling), so the pass's replica-seconds are those the teacher's
+    clock counted running: one replica's here."""
     import ray
 
     from kakugo.dataset.stage import response_candidate
@@ -154,14 +156,17 @@ def test_a_reasoning_teacher_keeps_the_trace_vllm_parsed(ray_cluster, serve_port
     config = load_config("configs/tiny-cpu.yaml", [
         f"teacher.model={model}", "teacher.name=reasoner", "teacher.reasoning=deepseek_r1",
         "teacher.sampling.list_item_max_chars=8", "teacher.sampling.list_max_tokens=48",
-        "teacher.sampling.reasoning_max_tokens=16", f"serving.port={serve_port}"])
+        "teacher.sampling.reasoning_max_tokens=16", "teacher.engine.max_replicas=2",
+        f"serving.port={serve_port}"])
     rows = [r | {"n": 0, "step": "respond"} for r in
             seed_requests("gla_Latn", "Scottish Gaelic", config)[:2]]
     rows.append(seed_requests("gla_Latn", "Scottish Gaelic", config)[2] | {"n": 2})
     storage = Storage(str(tmp_path / "out"))
     with Teacher(config) as teacher:
+        assert teacher.autoscaling
         stats = run_pass(ray.data.from_items(rows), config, teacher, storage, "pass")
     assert stats["failed_requests"] == 0
+    assert 0 < stats["replica_seconds"] <= stats["wall_seconds"] + Teacher.CLOCK_PERIOD_S
     out = {r["id"]: r for r in pq.read_table(storage.path("pass"),
                                              filesystem=storage.fs).to_pylist()}
     trace = "".join(TRACE[1:-1]).strip()
