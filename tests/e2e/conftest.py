@@ -1,6 +1,7 @@
-"""A two-node Ray cluster on this machine, started the way users start one: a head with
-`ray start --head` and a second node joined with `ray start --address=...`, each in its
-own process group and stopped through it (never a machine-wide `ray stop`)."""
+"""An autoscaling Ray cluster on this machine: a head started with `ray start --head` and
+Ray's own autoscaler (cluster/local-autoscaling.yaml), which starts and stops the worker
+nodes; all of it in the head's process group and stopped through it (never a machine-wide
+`ray stop`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import TINY_STUDENT, free_port
+from tests.conftest import REPO, TINY_STUDENT, free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # The tiny random student as the teacher too, with short replies: the job's whole path in
@@ -55,62 +58,76 @@ def jobs_api(jobs: str, token: str, path: str) -> dict | list | None:
     return reply.json() if reply.status_code == 200 else None
 
 
-def _alive_nodes(address: str, token: str) -> int:
-    status = subprocess.run([RAY, "status", f"--address={address}"], env=ray_env(token),
-                            capture_output=True, text=True, check=False)
-    return status.stdout.count(" node_") if status.returncode == 0 else 0
+def worker_nodes(cluster: dict) -> set[str] | None:
+    """Ids of the alive nodes other than the head, from the state API (None: no answer)."""
+    try:
+        reply = httpx.get(f"{cluster['jobs']}/api/v0/nodes", params={"limit": 100},
+                          headers={"Authorization": f"Bearer {cluster['token']}"}, timeout=30)
+    except httpx.TransportError:
+        return None
+    if reply.status_code != 200:
+        return None
+    nodes = reply.json()["data"]["result"]["result"]
+    return {n["node_id"] for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"]}
+
+
+class NodeWatch(threading.Thread):
+    """Every few seconds, the worker nodes alive: `seen` (every id ever alive) and `most`
+    (the most alive at once), for as long as the cluster runs."""
+
+    def __init__(self, cluster: dict, every_s: float = 5):
+        super().__init__(name="node-watch", daemon=True)
+        self.cluster, self.every_s = cluster, every_s
+        self.seen: set[str] = set()
+        self.most = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            alive = worker_nodes(self.cluster) or set()
+            self.seen |= alive
+            self.most = max(self.most, len(alive))
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(s3_server, tmp_path_factory):
-    """A head + one more node (4 logical CPUs each): {"address": GCS address, "jobs": the
-    job server's URL on 127.0.0.1, "token": the cluster's auth token (its own: the nodes,
-    the CLI calls and the Jobs REST API requests share it)}. Started after the S3 server so
-    that every worker process sees its endpoint and test credentials."""
+def autoscaling_cluster(s3_server, tmp_path_factory):
+    """The head of cluster/local-autoscaling.yaml (Ray's own autoscaler, fake multi-node
+    provider: worker nodes are raylets it starts and stops as a cloud provider's nodes would
+    be; the head offers no CPUs), with its own GCS port and auth token: {"jobs": the job
+    server's URL on 127.0.0.1, "token", "temp_dir", "config": the cluster config, "nodes": a
+    NodeWatch}. Started after the S3 server: the nodes take the head's environment, so every
+    worker process sees its endpoint and test credentials."""
     token = secrets.token_hex(32)
-    logs = tmp_path_factory.mktemp("ray-nodes")
+    folder = tmp_path_factory.mktemp("autoscaling")
     port, dashboard = free_port(), free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=4"]
+    config = yaml.safe_load((REPO / "cluster" / "local-autoscaling.yaml").read_text())
+    config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
+    config_path = folder / "cluster.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    temp_dir = tempfile.mkdtemp(prefix="kakugo-e2e-auto-", dir="/tmp")
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}",
-         f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-', dir='/tmp')}", *common],
-        stdout=(logs / "head.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True, env=ray_env(token))
-    nodes = [head]
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--autoscaling-config={config_path}", f"--temp-dir={temp_dir}"],
+        stdout=(folder / "head.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True, env={**ray_env(token), "RAY_FAKE_CLUSTER": "1"})
+    cluster = {"jobs": f"http://127.0.0.1:{dashboard}", "token": token,
+               "temp_dir": temp_dir, "config": config}
+    cluster["nodes"] = NodeWatch(cluster)
     try:
         for _ in range(90):
-            if _alive_nodes(address, token) >= 1:
-                break
-            time.sleep(2)
-        # its own temp dir, as on another host: two nodes sharing one would unpack a job's
-        # working_dir into the same folder, each over the other
-        nodes.append(subprocess.Popen(
-            [RAY, "start", f"--address={address}",
-             f"--temp-dir={tempfile.mkdtemp(prefix='kakugo-e2e-ray-node-', dir='/tmp')}",
-             *common],
-            stdout=(logs / "node.log").open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True, env=ray_env(token)))
-        for _ in range(90):
-            if _alive_nodes(address, token) >= 2:
+            if jobs_api(cluster["jobs"], token, "") is not None:
                 break
             time.sleep(2)
         else:
-            pytest.fail("the second Ray node did not join: " + (logs / "node.log").read_text())
-        jobs = f"http://127.0.0.1:{dashboard}"
-        for _ in range(60):  # the job server comes up with the dashboard, after the node
-            if jobs_api(jobs, token, "") is not None:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail("the job server did not start: " + (logs / "head.log").read_text())
-        yield {"address": address, "jobs": jobs, "token": token}
-    finally:
-        for proc in reversed(nodes):
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # what it started is in its process group
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            pytest.fail("the head did not start: " + (folder / "head.log").read_text())
+        cluster["nodes"].start()
+        yield cluster
+    finally:  # the autoscaler's nodes are processes of the head's process group
+        cluster["nodes"].stopped.set()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)

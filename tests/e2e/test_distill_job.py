@@ -1,14 +1,18 @@
-"""The main job as users run it: `ray job submit --working-dir . -- python jobs/distill.py`
-for one language on the tiny-cpu config, against a two-node Ray cluster (training spreads
-its two workers over both nodes), output on a real S3 server.
+"""The main job as a cluster runs it: `ray job submit -- python jobs/distill.py` (as
+KubeRay's RayJob submits it) for one language on the tiny-cpu config, output on a real S3
+server, against an autoscaling cluster: Ray's own autoscaler with its fake multi-node
+provider (cluster/local-autoscaling.yaml), whose head offers no CPUs, so the teacher's
+engine, Ray Data's stages and the training workers run only on worker nodes the autoscaler
+adds for them (training's two workers are spread over two nodes), and removes once idle.
 
 The job is first stopped mid-generation (`ray job stop` once the first engine pass is
-written) and submitted again; that resumed job loses its S3 endpoint once the evaluation
-has written a result and must fail with a storage error; submitted once more with the
-endpoint back, it must finish with the counts an uninterrupted run has (they follow from the
-config: list replies are count-exact) and no row twice. A last submission must find
-everything done. Two languages sharing one engine pass are
-covered by tests/integration/test_engine_pass.py.
+written); submitted again, that resumed job loses its S3 endpoint once the evaluation has
+written a result and must fail with a storage error; submitted once more with the
+endpoint back, it must finish with the counts an uninterrupted run has (they follow from
+the config: list replies are count-exact) and no row twice. A last submission must find
+everything done; then the idle worker nodes go: 0 -> N -> 0. Two languages sharing one
+engine pass, and a teacher whose replicas may scale, are covered by
+tests/integration/test_engine_pass.py.
 
 The tiny random student stands in as the teacher: the engine path is the same (a Ray Serve
 LLM deployment fed by Ray Data LLM processors) and it is ~100x faster on 2 cores; its replies
@@ -37,9 +41,11 @@ from kakugo.dataset.stage import DatasetStage
 from kakugo.generate.pipeline import GenerationStage
 from kakugo.storage import Storage
 from tests.conftest import REPO
-from tests.e2e.conftest import RAY, TINY_JOB, jobs_api, ray_env
+from tests.e2e.conftest import RAY, TINY_JOB, jobs_api, ray_env, worker_nodes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+IDLE_REMOVAL_S = 240  # idle_timeout_minutes 0.5, plus the autoscaler's update period
 
 OVERRIDES = [*TINY_JOB, "training.checkpoint_every_steps=2",
              # evaluation in-process and short: the Serve path of evaluation is covered by
@@ -54,17 +60,21 @@ TRAIN_WORKER = "(RayTrainWorker pid="  # Ray's prefix of a training worker's log
 
 
 def submit(cluster: dict, out: str, job_id: str) -> None:
-    """`ray job submit --no-wait` of jobs/distill.py, as the README's main command does."""
-    args = ["--config", "configs/tiny-cpu.yaml", "--languages", "Scottish Gaelic",
+    """`ray job submit --no-wait` of jobs/distill.py as KubeRay's RayJob submits it: the
+    installed tree's paths, no working_dir upload. (The fake provider's nodes share the
+    head's session folder, so a job's unpacked working_dir is one folder for all of them,
+    and a node on which it is unused deletes it under the driver; `--working-dir .`, the
+    README's local command, is tests/e2e/test_demo.py's.)"""
+    args = ["--config", f"{REPO}/configs/tiny-cpu.yaml", "--languages", "Scottish Gaelic",
             "--output", out]
     for item in OVERRIDES:
         args += ["--set", item]
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1",
                                 "KAKUGO_DATA_DIR": os.environ["KAKUGO_DATA_DIR"]}}
     proc = subprocess.run([RAY, "job", "submit", "--address", cluster["jobs"], "--no-wait",
-                           "--submission-id", job_id, "--working-dir", str(REPO),
+                           "--submission-id", job_id,
                            "--runtime-env-json", json.dumps(runtime_env), "--",
-                           "python", "jobs/distill.py", *args],
+                           "python", f"{REPO}/jobs/distill.py", *args],
                           env=ray_env(cluster["token"]), capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, f"ray job submit failed:\n{proc.stderr[-3000:]}"
@@ -128,13 +138,14 @@ def listing(s3, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(s3_server, two_node_cluster):
+def run(s3_server, autoscaling_cluster):
     bucket = "kakugo-e2e-run"
     s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket=bucket)
     out = f"s3://{bucket}/runs/demo"
     storage = Storage(out)
-    cluster = two_node_cluster
+    cluster = autoscaling_cluster
+    assert worker_nodes(cluster) == set()  # nothing but the head before the job
     # 1. stopped mid-generation: once the first engine pass is written
     submit(cluster, out, "kakugo-e2e-stopped")
     first_pass = f"generate/{STEPS[0]}/_manifest.json"
@@ -305,6 +316,10 @@ def test_manifests_record_tokens_and_engine_seconds(run):
         assert m["started"] <= m["finished"]
     m = run["storage"].read_json("generate/respond/_manifest.json")
     assert m["engine_seconds"] > 0
+    for step in ("seeds", "respond"):  # the teacher's replica-seconds (one replica)
+        engine = run["storage"].read_json(f"generate/{step}/_manifest.json")
+        assert engine["device"] == "CPU"
+        assert 0 < engine["replica_seconds"] <= engine["wall_seconds"] + 1, engine
     for entry in m["languages"].values():
         assert entry["completion_tokens"] > 0 and entry["engine_seconds"] > 0
 
@@ -465,3 +480,27 @@ def test_push_dry_run_checks_the_real_cards(run):
     assert "would push gla_Latn dataset -> kakugo-e2e/kakugo-gla" in proc.stdout
     assert "would push gla_Latn model -> kakugo-e2e/kakugo-3B-gla" in proc.stdout
     assert "model.safetensors" in proc.stdout and "rejects" not in proc.stdout
+
+
+def test_the_autoscaler_added_nodes_for_the_jobs_and_removes_them_once_idle(run):
+    """Last in this module: every job is over by now."""
+    cluster, nodes = run["cluster"], run["cluster"]["nodes"]
+    # the teacher's node, then a second for training's spread workers
+    assert nodes.most >= 2 and len(nodes.seen) >= 2, (nodes.most, nodes.seen)
+    max_workers = cluster["config"]["available_node_types"]["cpu_worker"]["max_workers"]
+    assert len(nodes.seen) <= max_workers * 5  # nodes come and go, but not without bound
+    # idle nodes go once the jobs are over; the monitor logs their removal after it has
+    # terminated them (up to ~0.5 s later), and the state API may miss an answer: both
+    # are waited for, not read once
+    monitor_log = Path(cluster["temp_dir"]) / "session_latest" / "logs" / "monitor.log"
+    removed = re.compile(r"Removing \d+ nodes of type cpu_worker \(idle\)")
+    deadline = time.monotonic() + IDLE_REMOVAL_S
+    while time.monotonic() < deadline:
+        alive = worker_nodes(cluster)
+        if alive == set() and removed.search(monitor_log.read_text()):
+            break
+        time.sleep(5)
+    assert alive == set(), f"still up {IDLE_REMOVAL_S} s after the jobs: {alive}"
+    monitor = monitor_log.read_text()
+    assert re.search(r"Adding \d+ node\(s\) of type cpu_worker", monitor)
+    assert removed.search(monitor), "the monitor never logged the idle nodes' removal"
