@@ -48,10 +48,15 @@ def test_aws_nodes_run_the_image_with_an_s3_identity_and_detected_resources():
                  .items() if k != config["head_node_type"]}
     assert len(gpu_types) == 1  # kakugo asks for one GPU type: one node type gives it
     assert any("--ulimit" in o for o in config["docker"]["run_options"])
-    # every node (and the job's client) shares the cluster's token
+    # every node (and the job's client) shares the cluster's token, given to `ray start`
+    # (and so to the jobs it runs) through the environment: nothing relies on ~/.ray
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
-    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "cluster/auth_token"}
+    (token_file,) = config["file_mounts"]
+    assert config["file_mounts"] == {token_file: "cluster/auth_token"}
+    assert "/.ray/" not in token_file
+    for command in (c for c in starts if "ray start" in c):
+        assert command.startswith(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {token_file}) "
+                                  "ray start "), command
     assert "cluster/auth_token" in (REPO / ".gitignore").read_text().split()  # never committed
 
 
