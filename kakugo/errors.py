@@ -60,10 +60,15 @@ class TeacherPassError(RuntimeError):
     """An engine pass could not get its answers from the teacher."""
 
 
+class ClusterAuthError(ValueError):
+    """The cluster to join wants a token this process was not given."""
+
+
 class RunResultsError(FileNotFoundError):
     """The output root lacks what a table needs; the message says which stage writes it."""
 
 
 BAD_INPUT = (ConfigError, LanguageError, ModelError, RunConflictError, ServeConfigError,
-             ContextSourceError, TranslationSourceError, FilterSetupError, PublishError)
+             ContextSourceError, TranslationSourceError, FilterSetupError, PublishError,
+             ClusterAuthError)
 RUN_FAILURES = (StorageError, TrainingDataError, TeacherPassError)

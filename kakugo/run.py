@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from kakugo import layout, logs
 from kakugo.config import RUN_IDENTITY_SECTIONS, RunConfig
-from kakugo.errors import RunConflictError
+from kakugo.errors import ClusterAuthError, RunConflictError
 from kakugo.languages import Language, eval_data_dir, resolve_many
 from kakugo.models import ModelSource
 from kakugo.storage import Storage
@@ -102,6 +102,13 @@ def connect_ray(config: RunConfig) -> None:
     env = {**logs.worker_env(), **serve_process_env(config)}
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a job's runtime env already applies to its tasks
+        if os.environ.get("RAY_AUTH_MODE") == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+            # Ray would look in ~/.ray/auth_token: none on a fresh machine, or another's
+            raise ClusterAuthError(
+                f"RAY_AUTH_MODE=token but RAY_AUTH_TOKEN is not set, so the cluster at "
+                f"{address} (RAY_ADDRESS) cannot be joined: export the cluster's token as "
+                "RAY_AUTH_TOKEN (cluster/auth_token for the launcher's cluster, the Secret "
+                "named after the cluster on KubeRay)")
         log.info("joining the Ray cluster at %s (RAY_ADDRESS)", address)
         ray.init(address=address, runtime_env={"env_vars": env} if env else None)
     else:

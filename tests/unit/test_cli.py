@@ -108,3 +108,26 @@ def test_a_run_grows_and_changes_what_does_not_decide_its_data(tmp_path):
     config = load_config(None, [*base, "languages=[gd]", "seed=7"])
     with pytest.raises(RunConflictError, match="sections that decide the data"):
         open_run(config, resolve_languages(config))
+
+
+@pytest.mark.timeout(120)
+def test_joining_a_token_cluster_without_its_token_is_refused_before_ray_looks_in_home(
+        tmp_path, monkeypatch, capsys, data_dir):
+    """RAY_ADDRESS with RAY_AUTH_MODE=token and no RAY_AUTH_TOKEN: Ray would read
+    ~/.ray/auth_token, which a fresh machine lacks (or which holds another cluster's token):
+    a bad-input error naming the variable, and Ray is never started or joined."""
+    import ray
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    code = main(["run", "--config", "configs/tiny-cpu.yaml", "--languages", "gd",
+                 "--output", str(tmp_path / "out"), "--set", f"evaluation.data_dir={data_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: RAY_AUTH_MODE=token but RAY_AUTH_TOKEN is not set" in err
+    assert "127.0.0.1:9" in err
+    assert not ray.is_initialized() and not (home / ".ray").exists()
