@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -110,24 +111,25 @@ def test_a_run_grows_and_changes_what_does_not_decide_its_data(tmp_path):
         open_run(config, resolve_languages(config))
 
 
-@pytest.mark.timeout(120)
 def test_joining_a_token_cluster_without_its_token_is_refused_before_ray_looks_in_home(
-        tmp_path, monkeypatch, capsys, data_dir):
+        tmp_path, data_dir):
     """RAY_ADDRESS with RAY_AUTH_MODE=token and no RAY_AUTH_TOKEN: Ray would read
     ~/.ray/auth_token, which a fresh machine lacks (or which holds another cluster's token):
-    a bad-input error naming the variable, and Ray is never started or joined."""
-    import ray
-
+    a bad-input error naming the variable, and Ray is never started or joined. Run as its
+    own process, as a user runs it: in this one Ray may already be up (the integration
+    tests' cluster), and the run would just use it."""
     home = tmp_path / "home"
     home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    code = main(["run", "--config", "configs/tiny-cpu.yaml", "--languages", "gd",
-                 "--output", str(tmp_path / "out"), "--set", f"evaluation.data_dir={data_dir}"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "error: RAY_AUTH_MODE=token but RAY_AUTH_TOKEN is not set" in err
-    assert "127.0.0.1:9" in err
-    assert not ray.is_initialized() and not (home / ".ray").exists()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    env.update(HOME=str(home), RAY_ADDRESS="127.0.0.1:9",  # nothing listens there
+               RAY_AUTH_MODE="token")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kakugo.cli", "run", "--config", "configs/tiny-cpu.yaml",
+         "--languages", "gd", "--output", str(tmp_path / "out"),
+         "--set", f"evaluation.data_dir={data_dir}"],
+        capture_output=True, text=True, check=False, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: RAY_AUTH_MODE=token but RAY_AUTH_TOKEN is not set" in proc.stderr
+    assert "127.0.0.1:9" in proc.stderr
+    assert "joining the Ray cluster" not in proc.stderr
+    assert not (home / ".ray").exists()
