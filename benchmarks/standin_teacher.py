@@ -55,7 +55,7 @@ def reply_text(request: dict[str, Any]) -> str:
 
 class StandinTeacher:
     """The deployment: the `chat_row` method Ray Data's Serve stage calls on the teacher
-    (kakugo.serve.teacher_server), as a stream of one reply shaped like the dict of vLLM's
+    (kakugo.serve.llm_server), as a stream of one reply shaped like the dict of vLLM's
     ChatCompletionResponse."""
 
     async def chat_row(self, request: dict[str, Any]):

@@ -40,7 +40,10 @@ log = logging.getLogger("kakugo.serving")
 APP_NAME = "kakugo"
 MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 INGRESS_CLS = "kakugo.serve.app:KakugoIngress"
-TEACHER_SERVER_CLS = "kakugo.serve.teacher_server:TeacherServer"
+# every engine's deployment class (LLMServer, kept off its vLLM worker's cores on CPU);
+# the teacher's adds `chat_row`, which the engine passes call
+ENGINE_SERVER_CLS = "kakugo.serve.llm_server:EngineServer"
+TEACHER_SERVER_CLS = "kakugo.serve.llm_server:TeacherServer"
 NO_MIRROR_CALLBACK = "kakugo.serving:NoMirrorCallback"
 
 
@@ -156,6 +159,7 @@ def llm_config(model: ServedModel, seed: int | None = None) -> dict[str, Any]:
             "target_ongoing_requests": scaling.target_ongoing_requests,
         }, "logging_config": logs.serve_logging_config()},
         "runtime_env": {"env_vars": engine_env(model.engine)},
+        "server_cls": TEACHER_SERVER_CLS if model.role == "teacher" else ENGINE_SERVER_CLS,
     }
 
 
@@ -368,7 +372,6 @@ class Teacher:
         # one access-log line per request would flood the job's log (100k+ requests)
         settings["deployment_config"]["logging_config"] = logs.serve_logging_config(
             access_log=False)
-        settings["server_cls"] = TEACHER_SERVER_CLS  # LLMServer, plus `chat_row`
         return settings
 
     def __exit__(self, *exc_info) -> None:

@@ -81,7 +81,7 @@ class Preprocess:
             "chat_template_kwargs": self.template_kwargs,
         }
         # the response's own fields (id, model, ...) are merged over the row: keep ours
-        # a plain dict for the teacher's `chat_row` (kakugo.serve.teacher_server): this
+        # a plain dict for the teacher's `chat_row` (kakugo.serve.llm_server): this
         # process never imports vLLM
         return {**row, ROW_ID: row["id"], "method": "chat_row", "request_kwargs": request}
 

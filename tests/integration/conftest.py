@@ -103,3 +103,35 @@ def served(ray_cluster, serve_port, trained):
     finally:
         serve.shutdown()
         os.environ.pop(SERVE_KEY_ENV, None)
+
+
+def serve_replica_pids(app: str, deployment_prefix: str = "") -> dict[str, int]:
+    """{replica actor name: pid} of an app's Serve replicas (those of deployments whose
+    name starts with `deployment_prefix`)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve"
+             and a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment_prefix}")]
+    return {name: ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(
+        lambda actor: os.getpid())) for name in names}
+
+
+def assert_engine_worker_has_its_cores(replica_pid: int) -> None:
+    """On CPU, vLLM binds its worker's threads to cores of their own and reserves the
+    others (one of two here) for its other processes: no thread of the engine's replica or
+    of its engine core may run on the worker's cores."""
+    import psutil
+
+    replica = psutil.Process(replica_pid)
+    family = replica.children(recursive=True)
+    workers = [p for p in family if p.name().startswith("VLLM::Worker")]
+    assert workers, f"no vLLM worker process under the replica {replica_pid}"
+    worker_cores = set().union(*(p.cpu_affinity() for p in workers))
+    assert worker_cores < set(os.sched_getaffinity(0))  # vLLM left cores to the others
+    others = [replica, *(p for p in family if p not in workers)]
+    assert any(p.name().startswith("VLLM::EngineCore") for p in others)
+    on_worker_cores = [(p.name(), t.id, sorted(os.sched_getaffinity(t.id)))
+                       for p in others for t in p.threads()
+                       if set(os.sched_getaffinity(t.id)) & worker_cores]
+    assert not on_worker_cores, f"worker cores {sorted(worker_cores)}: {on_worker_cores[:5]}"

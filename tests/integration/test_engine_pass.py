@@ -5,7 +5,6 @@ processes stopped) fails the pass after the request timeout with an error naming
 of hanging."""
 
 import contextlib
-import os
 import threading
 import time
 
@@ -19,6 +18,7 @@ from kakugo.generate.engine_pass import TeacherPassError, run_pass, written_ids
 from kakugo.generate.requests import seed_requests
 from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
+from tests.integration.conftest import assert_engine_worker_has_its_cores, serve_replica_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -45,7 +45,8 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert sorted(written_ids(storage, "pass").to_pylist()) == sorted(r["id"] for r in rows)
         # the replica Serve started in place of the killed one keeps off its vLLM worker's
         # cores, and so does its engine core
-        assert_engine_worker_has_its_cores()
+        (pid,) = serve_replica_pids(TEACHER_APP).values()
+        assert_engine_worker_has_its_cores(pid)
         # what the ledger prices the pass at: the node of the teacher's replica, found by
         # the name Serve gives its placement group, and the replica-seconds it held
         assert serve_replica_nodes(TEACHER_APP) == [ray.get_runtime_context().get_node_id()]
@@ -95,34 +96,11 @@ def teacher_replica():
 
 def teacher_engine_processes() -> list:
     """The vLLM engine-core processes under the teacher's replica (psutil.Process)."""
-    import ray
-
-    pid = ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
+    (pid,) = serve_replica_pids(TEACHER_APP).values()
     procs = [p for p in psutil.Process(pid).children(recursive=True)
              if p.name().startswith("VLLM::")]
     assert procs, "no vLLM engine process under the teacher's replica"
     return procs
-
-
-def assert_engine_worker_has_its_cores() -> None:
-    """On CPU, vLLM binds its worker's threads to cores of their own and reserves the
-    others (one of two here) for its other processes: no thread of the teacher's replica or
-    of its engine core may run on the worker's cores."""
-    import ray
-
-    pid = ray.get(teacher_replica().__ray_call__.remote(lambda actor: os.getpid()))
-    replica = psutil.Process(pid)
-    family = replica.children(recursive=True)
-    workers = [p for p in family if p.name().startswith("VLLM::Worker")]
-    assert workers, "no vLLM worker process under the teacher's replica"
-    worker_cores = set().union(*(p.cpu_affinity() for p in workers))
-    assert worker_cores < set(os.sched_getaffinity(0))  # vLLM left cores to the others
-    others = [replica, *(p for p in family if p not in workers)]
-    assert any(p.name().startswith("VLLM::EngineCore") for p in others)
-    on_worker_cores = [(p.name(), t.id, sorted(os.sched_getaffinity(t.id)))
-                       for p in others for t in p.threads()
-                       if set(os.sched_getaffinity(t.id)) & worker_cores]
-    assert not on_worker_cores, f"worker cores {sorted(worker_cores)}: {on_worker_cores[:5]}"
 
 
 def kill_teacher_replica_mid_request(timeout_s: float = 300) -> None:

@@ -8,6 +8,8 @@ import re
 import httpx
 import pytest
 
+from tests.integration.conftest import assert_engine_worker_has_its_cores, serve_replica_pids
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 TEACHER, BASE, TUNED = "smollm2-135m", "tiny-granite", "kakugo-gla"
@@ -35,6 +37,18 @@ def test_chat_with_the_teacher_and_both_students(client):
         reply = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
         assert reply.model == model and reply.usage.completion_tokens > 0
+
+
+def test_every_engine_of_the_app_keeps_off_its_vllm_workers_cores(served):
+    """The app's three engines, like the teacher's in the engine passes: on CPU no thread
+    of a replica or of its engine core runs on the cores vLLM bound its worker to."""
+    from kakugo.serving import APP_NAME
+
+    replicas = serve_replica_pids(APP_NAME, "EngineServer:") | serve_replica_pids(
+        APP_NAME, "TeacherServer:")
+    assert len(replicas) == 3, sorted(replicas)
+    for pid in replicas.values():
+        assert_engine_worker_has_its_cores(pid)
 
 
 def test_chat_streams_chunk_by_chunk(client):

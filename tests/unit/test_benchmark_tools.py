@@ -39,7 +39,7 @@ def chat_request(user: str, schema: dict | None) -> dict:
 
 
 def test_the_stand_in_teacher_answers_every_call_kind_as_its_schema_asks():
-    from kakugo.serve.teacher_server import TeacherServer
+    from kakugo.serve.llm_server import TeacherServer
 
     standin = load("standin_teacher")
     # the method the engine passes call on the teacher's deployment

@@ -103,7 +103,7 @@ def test_preprocess_builds_one_chat_request_with_the_list_schema():
     config = load_config("configs/tiny-cpu.yaml", [])
     row = _postprocess_row(system="s", user="u", n=3, max_tokens=0, schema="")
     out = Preprocess(config)(row)
-    assert out["method"] == "chat_row"  # kakugo.serve.teacher_server
+    assert out["method"] == "chat_row"  # kakugo.serve.llm_server
     request = out["request_kwargs"]
     assert request["model"] == "smollm2-135m" and request["max_tokens"] == 384
     assert request["messages"] == [{"role": "system", "content": "s"},
@@ -266,7 +266,7 @@ def test_the_teacher_server_builds_vllms_request_and_returns_its_reply_as_a_dict
 
     from kakugo.config import load_config
     from kakugo.generate.engine_pass import Postprocess, Preprocess
-    from kakugo.serve.teacher_server import TeacherServer
+    from kakugo.serve.llm_server import TeacherServer
 
     config = load_config("configs/tiny-cpu.yaml", ["teacher.reasoning=none"])
     row = _postprocess_row(system="s", user="u", n=2, max_tokens=0, schema="", id="r1")

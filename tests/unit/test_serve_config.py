@@ -68,6 +68,7 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
     from ray.serve.llm import LLMServingArgs
 
     from kakugo.serve.app import KakugoIngress
+    from kakugo.serve.llm_server import EngineServer, TeacherServer
     from kakugo.serving import deploy_config, served_models, serving_args
 
     config, langs, storage = run
@@ -76,6 +77,9 @@ def test_serving_args_are_valid_for_rays_builder_and_carry_our_settings(run):
     parsed = LLMServingArgs.model_validate(args)
     assert [c.model_id for c in parsed.llm_configs] == [m.name for m in models]
     assert parsed.ingress_cls_config.ingress_cls is KakugoIngress
+    # every engine keeps off its vLLM worker's cores on CPU; the teacher also has chat_row
+    assert [c.server_cls for c in parsed.llm_configs] == [
+        TeacherServer if m.role == "teacher" else EngineServer for m in models]
     student = parsed.llm_configs[1]
     # a local model has no mirror: Ray's per-node download task is skipped
     callback = load_class(student.callback_config.callback_class)(llm_config=student)

@@ -1,15 +1,17 @@
-"""The teacher's deployment class: Ray Serve LLM's `LLMServer` with one more method,
-`chat_row`, which the engine passes call (kakugo.generate.engine_pass). It takes a chat
-request as a plain dict and yields the reply as one, so the Ray Data actors that feed the
-teacher handle only dicts. With `LLMServer.chat` they would build vLLM's request object and
-receive vLLM's response object, and a process that does either imports vLLM: about 17 s of
-CPU for each feeding actor of each pass on 2 cores, most of a small pass's time
-(docs/benchmarks.md). The request is built here, in the replica, where vLLM is loaded; a
-request vLLM's type refuses fails as it would have in the actor (a pydantic
-ValidationError, which Ray Data's stage reports as that row's error).
+"""The deployment classes of our vLLM engines, each Ray Serve LLM's `LLMServer` (given
+as `LLMConfig.server_cls`):
 
-On CPU it also keeps its own threads and the engine core's off the cores vLLM binds its
-worker to (`keep_off_worker_cores`).
+- `EngineServer`, every model's: on CPU it keeps its own threads and the engine core's off
+  the cores vLLM binds its worker to (`keep_off_worker_cores`).
+- `TeacherServer`, the teacher's: one more method, `chat_row`, which the engine passes call
+  (kakugo.generate.engine_pass). It takes a chat request as a plain dict and yields the
+  reply as one, so the Ray Data actors that feed the teacher handle only dicts. With
+  `LLMServer.chat` they would build vLLM's request object and receive vLLM's response
+  object, and a process that does either imports vLLM: about 17 s of CPU for each feeding
+  actor of each pass on 2 cores, most of a small pass's time (docs/benchmarks.md). The
+  request is built here, in the replica, where vLLM is loaded; a request vLLM's type
+  refuses fails as it would have in the actor (a pydantic ValidationError, which Ray
+  Data's stage reports as that row's error).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def keep_off_worker_cores() -> tuple[set[int], set[int]] | None:
     return worker_cores, rest
 
 
-class TeacherServer(LLMServer):
+class EngineServer(LLMServer):
     async def start(self):
         await super().start()
         from vllm.platforms import current_platform
@@ -66,6 +68,8 @@ class TeacherServer(LLMServer):
             log.info("vLLM's worker runs on cores %s; the replica and the engine core keep "
                      "to cores %s", sorted(cores[0]), sorted(cores[1]))
 
+
+class TeacherServer(EngineServer):
     async def chat_row(self, fields: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """`chat` on `ChatCompletionRequest(**fields)`, each reply as its `model_dump()`
         (what Ray Data's stage makes of a pydantic reply)."""
