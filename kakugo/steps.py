@@ -36,7 +36,7 @@ def now() -> str:
 # language (prompts, items, candidates) and the requests they write.
 TYPED_COLUMNS = {"specific": "bool_", "revise": "bool_", "revised": "bool_", "n": "int64",
                  "max_tokens": "int64", "prompt_tokens": "int64", "completion_tokens": "int64",
-                 "language_id_confidence": "float64"}
+                 "reasoning_tokens": "int64", "language_id_confidence": "float64"}
 UNTYPED_COLUMNS = ("meta", "items")  # nested values: no type without a value
 
 

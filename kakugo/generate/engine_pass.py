@@ -31,7 +31,7 @@ from kakugo.generate.requests import REQUEST_COLUMNS
 from kakugo.models import model_tokenizer
 from kakugo.prompts import list_schema
 from kakugo.serving import TEACHER_APP, Teacher
-from kakugo.steps import FAILED, step_stats
+from kakugo.steps import FAILED, TYPED_COLUMNS, step_stats
 from kakugo.storage import Storage
 from kakugo.teacher import reasoning_parser
 
@@ -282,6 +282,25 @@ def output_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "__inference_error__"}
 
 
+def reply_schema():
+    """The Arrow schema of a pass's output rows (request columns, then OUTPUT_COLUMNS)."""
+    import pyarrow as pa
+
+    nested = {"items": pa.list_(pa.string())}
+    return pa.schema([(c, nested.get(c) or getattr(pa, TYPED_COLUMNS.get(c, "string"))())
+                      for c in (*REQUEST_COLUMNS, *OUTPUT_COLUMNS)])
+
+
+def write_replies(replies, storage: Storage, folder: str) -> None:
+    """Write a pass's reply rows (a Ray Dataset, as the processor returns them) under
+    `folder`, partitioned by language: a parquet file per block as it is answered, each
+    with `reply_schema()`. Typed from their values alone, a block whose rows have no item
+    (all failed, or no list reply parsed) would type `items` as a list of nulls, and
+    pyarrow could not read that file in one dataset with the others."""
+    replies.map(output_row).write_parquet(storage.path(folder), filesystem=storage.fs,
+                                          partition_cols=["language"], schema=reply_schema())
+
+
 def language_counts(dataset) -> dict[str, int]:
     """Rows per language of a Ray Dataset, counted where the blocks are: the driver gets
     a few rows per block, not the column (no shuffle either)."""
@@ -347,8 +366,7 @@ def run_pass(requests, config: RunConfig, teacher: Teacher, storage: Storage,
         todo = todo.repartition(target_num_rows_per_block=config.teacher.engine.batch_size)
         try:
             with PassProgress(storage, folder, totals, config.progress_every_s) as progress:
-                processor(todo).map(output_row).write_parquet(
-                    storage.path(folder), filesystem=storage.fs, partition_cols=["language"])
+                write_replies(processor(todo), storage, folder)
                 log.info("%s", progress.line())
             break
         except Exception as exc:  # retried; the last one is raised

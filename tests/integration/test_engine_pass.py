@@ -163,3 +163,35 @@ def test_a_reasoning_teacher_keeps_the_trace_vllm_parsed(ray_cluster, serve_port
                                     "content": f"<think>\n{trace}\n</think>\n\n{got['text']}"}
     entry = stats["languages"]["gla_Latn"]
     assert entry["reasoning_tokens"] == len(rows) * (len(TRACE) - 2)
+
+
+def test_every_file_of_a_pass_has_the_same_schema(ray_cluster, tmp_path):
+    """A batch whose requests all failed (or whose list replies all failed to parse) has no
+    item in any row. Its file must still type `items` as a list of strings, as the other
+    files do: pyarrow reads a folder with the schema of one of its files, and cannot read a
+    list of strings as a list of nulls (the e2e job's outputs failed to read so, at random,
+    depending on which file came first)."""
+    import pyarrow.dataset as pads
+    import ray
+
+    from kakugo.generate.engine_pass import write_replies
+
+    config = load_config("configs/tiny-cpu.yaml", [])
+    requests = seed_requests("gla_Latn", "Scottish Gaelic", config)
+    half = len(requests) // 2
+    timed_out = [{**r, "__inference_error__": "TimeoutError: 600 s"} for r in requests[:half]]
+    answered = [{**r, "text": '{"items": ["iasgach"]}', "reasoning": "", "items": ["iasgach"],
+                 "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 7,
+                 "reasoning_tokens": 0, "error": "", "__inference_error__": ""}
+                for r in requests[half:]]
+    storage = Storage(str(tmp_path / "out"))
+    write_replies(ray.data.from_items(timed_out + answered, override_num_blocks=2), storage,
+                  "pass")
+    names = [n for n in storage.list("pass", recursive=True) if n.endswith(".parquet")]
+    schemas = {str(pq.read_schema(storage.path(n), filesystem=storage.fs)) for n in names}
+    assert len(names) == 2 and len(schemas) == 1, schemas
+    table = pads.dataset(storage.path("pass"), format="parquet", filesystem=storage.fs,
+                         partitioning="hive").to_table()
+    rest = len(requests) - half
+    assert sorted(table["items"].to_pylist()) == [[]] * half + [["iasgach"]] * rest
+    assert sorted(table["finish_reason"].to_pylist()) == ["failed"] * half + ["stop"] * rest
