@@ -13,10 +13,12 @@
    engine's, and the pass's own until its first batch is written; the ratio is output
    tokens/s after that (the direct engine: from its first call).
 
-    python benchmarks/generation.py --config configs/tiny-cpu.yaml --languages gd,cy
-    python benchmarks/generation.py --parts steady --steady-requests 2000
     python benchmarks/generation.py --parts steady --steady-max-tokens 32 \
-        --set teacher.reasoning=none --output benchmarks/results/generation-smollm2.json
+        --set teacher.reasoning=none          # the goal, on the config's teacher
+    python benchmarks/generation.py --set teacher.model=embedded:tiny-granite \
+        --set teacher.reasoning=none --output benchmarks/results/generation-tiny.json
+
+(`benchmarks/run_all.py` gives both their recorded settings.)
 """
 
 from __future__ import annotations
