@@ -9,6 +9,7 @@ import os
 import pyarrow as pa
 import pytest
 
+from kakugo.accelerators import SERVE_REPLICA_PREFIX
 from kakugo.config import load_config
 from kakugo.languages import resolve
 from kakugo.storage import Storage
@@ -105,16 +106,22 @@ def served(ray_cluster, serve_port, trained):
         os.environ.pop(SERVE_KEY_ENV, None)
 
 
-def serve_replica_pids(app: str, deployment_prefix: str = "") -> dict[str, int]:
-    """{replica actor name: pid} of an app's Serve replicas (those of deployments whose
-    name starts with `deployment_prefix`)."""
+def serve_replica_names(app: str, deployment_prefix: str = "") -> list[str]:
+    """The actor names of an app's Serve replicas (those of deployments whose name starts
+    with `deployment_prefix`), in Serve's namespace."""
     import ray
 
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == "serve"
-             and a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment_prefix}")]
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve"
+            and a["name"].startswith(f"{SERVE_REPLICA_PREFIX}{app}#{deployment_prefix}")]
+
+
+def serve_replica_pids(app: str, deployment_prefix: str = "") -> dict[str, int]:
+    """{replica actor name: pid} of an app's Serve replicas (serve_replica_names)."""
+    import ray
+
     return {name: ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(
-        lambda actor: os.getpid())) for name in names}
+        lambda actor: os.getpid())) for name in serve_replica_names(app, deployment_prefix)}
 
 
 def assert_engine_worker_has_its_cores(replica_pid: int) -> None:

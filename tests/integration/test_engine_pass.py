@@ -18,7 +18,11 @@ from kakugo.generate.engine_pass import TeacherPassError, run_pass, written_ids
 from kakugo.generate.requests import seed_requests
 from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
-from tests.integration.conftest import assert_engine_worker_has_its_cores, serve_replica_pids
+from tests.integration.conftest import (
+    assert_engine_worker_has_its_cores,
+    serve_replica_names,
+    serve_replica_pids,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -88,9 +92,7 @@ def teacher_replica():
     """The handle of the teacher's (single) Serve replica actor."""
     import ray
 
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["namespace"] == "serve"
-               and a["name"].startswith(f"SERVE_REPLICA::{TEACHER_APP}#")]
+    (name,) = serve_replica_names(TEACHER_APP)
     return ray.get_actor(name, namespace="serve")
 
 
