@@ -5,6 +5,7 @@ killed mid-run), and the Ray Serve app serving the teacher, the base and that st
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -18,15 +19,31 @@ from tests.conftest import SERVE_KEY_ENV, TINY_STUDENT
 
 @pytest.fixture(scope="session")
 def ray_cluster():
+    """A local cluster started as a local run starts its own (kakugo.run.connect_ray): with
+    a token made for it, so that Ray neither reads nor writes ~/.ray/auth_token (a token
+    left in the home of the machine the tests run on would let a later run that should
+    have been refused for want of one join with it)."""
     import ray
 
+    from kakugo.run import own_auth_token
+
+    token_file = Path.home() / ".ray" / "auth_token"
+    there_before = token_file.exists()
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    own_auth_token()
     # 2 physical cores: more logical CPUs so Ray Data's small stages and an engine fit at once.
     ctx = ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     try:
+        assert there_before or not token_file.exists(), f"ray.init wrote {token_file}"
         yield ctx
     finally:
         ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
