@@ -12,6 +12,7 @@ from typing import Any
 
 from kakugo import logs
 from kakugo.config import EngineConfig, TeacherConfig
+from kakugo.vllm_plugin import SPIN_WAIT_ENV
 
 # The vLLM reasoning parser each `teacher.reasoning` value configures on the teacher's
 # deployment. With one, vLLM's chat endpoint returns the trace in the message's
@@ -75,7 +76,8 @@ def placement_bundles(engine: EngineConfig) -> list[dict[str, float]]:
 
 
 def engine_env(engine: EngineConfig) -> dict[str, str]:
-    """Environment variables the engine processes need."""
+    """Environment variables the engine processes need. On CPU: the KV cache's size, and
+    vLLM's processes waiting on each other without spinning (kakugo.vllm_plugin)."""
     if engine.accelerator == "cpu":
-        return {"VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib)}
+        return {"VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib), SPIN_WAIT_ENV: "0"}
     return {}

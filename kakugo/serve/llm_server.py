@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def keep_off_worker_cores() -> tuple[set[int], set[int]] | None:
     """vLLM on CPU binds its worker's threads to cores of their own and reserves the others
     for its other processes, but only its worker is bound: this process (the engine's
-    front end) and the engine core, which spin-waits for the worker, may still run on the
+    front end) and the engine core, which schedules each step, may still run on the
     worker's cores, and each step of the engine then waits for them. Binds every thread of
     this process and of its other engine processes to the cores the worker does not use.
     Returns (worker cores, the others' cores), or None where there is nothing to do (no

@@ -18,6 +18,7 @@ from kakugo.generate.engine_pass import TeacherPassError, run_pass, written_ids
 from kakugo.generate.requests import seed_requests
 from kakugo.serving import TEACHER_APP, Teacher
 from kakugo.storage import Storage
+from kakugo.vllm_plugin import SPIN_WAIT_ENV
 from tests.integration.conftest import (
     assert_engine_worker_has_its_cores,
     serve_replica_names,
@@ -56,6 +57,11 @@ def test_list_pass_parses_every_reply_and_resumes(ray_cluster, serve_port, tmp_p
         assert serve_replica_nodes(TEACHER_APP) == [ray.get_runtime_context().get_node_id()]
         assert stats["device"] == "CPU"
         assert 0 < stats["replica_seconds"] <= stats["wall_seconds"] + 1
+
+        # the engine's processes run with the CPU engine's environment, in which kakugo's
+        # vLLM plugin turns their queues' spin off (tests/unit/test_vllm_plugin.py)
+        assert all(proc.environ().get(SPIN_WAIT_ENV) == "0"
+                   for proc in teacher_engine_processes())
 
         # a stalled engine (vLLM's engine-core processes of the replica stopped with
         # SIGSTOP: the replica takes requests and the engine answers none): the pass fails

@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "kakugo"
 LAYERS = {  # what each top-level module or package is; a module imports its layer or below
     "foundation": {"config", "languages", "storage", "layout", "errors", "ids", "logs",
-                   "prompts", "install_fixups", "accelerators"},
+                   "prompts", "install_fixups", "accelerators", "vllm_plugin"},
     "service": {"teacher", "serving", "models", "costs", "steps"},
     "stage": {"generate", "dataset", "train", "serve", "evaluate"},
     "entry": {"cli", "run", "report", "results", "publish", "config_reference"},

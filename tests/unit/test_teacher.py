@@ -22,7 +22,7 @@ def test_cpu_engine_uses_cpu_bundles_and_light_side_stages():
     assert kwargs["distributed_executor_backend"] == "uni"
     assert "gpu_memory_utilization" not in kwargs and "seed" not in kwargs
     assert kwargs["max_num_batched_tokens"] == 1024
-    assert engine_env(engine) == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert engine_env(engine) == {"VLLM_CPU_KVCACHE_SPACE": "3", "KAKUGO_VLLM_SPIN_WAIT": "0"}
 
 
 def test_teacher_engines_get_their_reasoning_parser_and_compact_json_in_vllms_types():

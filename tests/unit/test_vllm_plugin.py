@@ -1,0 +1,57 @@
+"""kakugo's vLLM plugin (kakugo.vllm_plugin), loaded by vLLM's own plugin loader in a
+fresh process, as vLLM's engine core and workers load it, and checked on vLLM's own
+shared-memory queue: these fail when vLLM's queue no longer waits the way the plugin
+changes."""
+
+import json
+import os
+import subprocess
+import sys
+
+from kakugo.vllm_plugin import SPIN_WAIT_ENV
+
+# a reader of vLLM's queue with nothing written: how long does a wait of 300 ms take?
+READ_WAIT = r"""
+import json, time, zmq
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+writer = MessageQueue(n_reader=1, n_local_reader=1, max_chunk_bytes=1 << 20)
+reader = MessageQueue.create_from_handle(writer.export_handle(), 0)
+writer.wait_until_ready(); reader.wait_until_ready()
+writer.enqueue("first")
+assert reader.dequeue() == "first"  # a read just now: a spinning reader spins
+started, cpu = time.monotonic(), time.process_time()
+try:
+    reader.dequeue(timeout=0.3)
+except TimeoutError:
+    pass
+print(json.dumps({"busy_loop_s": reader._spin_condition.busy_loop_s,
+                  "waited_s": time.monotonic() - started,
+                  "cpu_s": time.process_time() - cpu}))
+"""
+
+
+def read_wait(tmp_path, spin_wait: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != SPIN_WAIT_ENV}
+    if spin_wait is not None:
+        env[SPIN_WAIT_ENV] = spin_wait
+    out = subprocess.run([sys.executable, "-c", READ_WAIT], env=env, cwd=tmp_path, check=False,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_with_the_spin_off_vllms_queue_readers_sleep_through_a_wait(tmp_path):
+    """vLLM finds the plugin through its entry point; with KAKUGO_VLLM_SPIN_WAIT=0 a
+    reader of vLLM's queue waits on the notification socket (no CPU while it waits),
+    and without it vLLM's reader spins through the same wait, as vLLM does on its own."""
+    off = read_wait(tmp_path, "0")
+    assert off["busy_loop_s"] == 0
+    assert off["waited_s"] >= 0.25
+
+    on = read_wait(tmp_path, None)
+    assert on["busy_loop_s"] > 0.3  # vLLM's own: the wait above is inside its busy loop
+    assert on["waited_s"] >= 0.25
+    # the spinning reader burns CPU through the wait; the sleeping one almost none
+    assert on["cpu_s"] > 0.15 and off["cpu_s"] < 0.05, (on, off)
