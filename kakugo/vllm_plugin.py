@@ -17,6 +17,15 @@ while its worker computes and the other processes have its core. On a GPU the st
 on the GPU and the spin costs nothing that matters, so the setting is for CPU engines
 only. Measured in docs/benchmarks.md (Generation); tests/unit/test_vllm_plugin.py fails
 when vLLM's queue no longer waits so.
+
+A sleeping reader needs every notification, and vLLM's writer drops some: it publishes
+them on a socket whose send queue holds one message (`SNDHWM` 1), and zmq learns only
+lazily that the reader took the last one, so a notification sent within about a
+millisecond of the one before is dropped. A spinning reader never notices; a sleeping one
+sleeps on until vLLM's recheck, 5 s later (measured: most such second messages lost, and
+requests of vLLM's server 5 s late). So with the spin off the writer's socket is bound
+again, before any reader connects, with zmq's default queue (1,000); the reader's socket
+keeps only the last notification (`CONFLATE`), so none pile up there.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import functools
 import os
 
 SPIN_WAIT_ENV = "KAKUGO_VLLM_SPIN_WAIT"
+NOTIFY_QUEUE = 1000  # the writer's notifications queued (zmq's default; vLLM sets 1)
 
 
 def register() -> None:
@@ -42,6 +52,14 @@ def register() -> None:
     def without_spin(self, *args, **kwargs) -> None:
         made(self, *args, **kwargs)
         self.busy_loop_s = 0
+        if not self.is_reader:  # a queue that keeps every notification (module doc)
+            import zmq
+
+            socket = self.local_notify_socket
+            address = socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+            socket.unbind(address)
+            socket.setsockopt(zmq.SNDHWM, NOTIFY_QUEUE)
+            socket.bind(address)
 
     SpinCondition.__init__ = without_spin
     SpinCondition.kakugo_spin_off = True
